@@ -1,0 +1,229 @@
+"""Block-causal self-attention KV cache: global, sink + rolling window, and relative-RoPE modes.
+
+Layout: one preallocated K and one V tensor per model, ``[layers, B, slots * T, H, Dh]`` (T tokens per
+latent frame). Slots ``0..sink-1`` are pinned to the first ``sink`` frames; the remaining
+``ring = window - sink`` slots form a ring buffer that the newest frames overwrite in place, so the
+cache never moves or copies memory. A block attends to every filled slot: by construction that is
+the sink plus the ``ring`` most recent frames, its own included (LongLive: window 12 = sink 3 + 9).
+
+Filled slots always form a prefix ``[0, filled)``, so attention reads a view of the cache with no
+mask and no copy. ``ring_base`` (the frame that maps to the first ring slot) moves only when a
+prompt switch resets the ring, which keeps that prefix property during the re-cache.
+
+RoPE modes: ``absolute`` stores K rotated at absolute frame positions (sink frames keep 0..sink-1;
+positions are limited by the RoPE table, 1024 frames for Wan). ``relative`` stores K un-rotated and
+rotates at attention time with window-relative positions: sink frames at 0..sink-1, ring frames
+at sink + (frame - oldest ring frame). Until the first eviction both modes are identical; relative
+has no length limit.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from arvc.model.dit import attention
+from arvc.model.rope import RotaryTable, rope_angles
+
+ROPE_MODES = ("absolute", "relative")
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    frames_per_block: int = 3
+    window: int = 0  # latent frames attended, sink included; 0 = global attention
+    sink: int = 0
+    max_frames: int = 21  # capacity in global mode (Self-Forcing's released config: 21)
+    rope: str = "absolute"
+
+    def __post_init__(self) -> None:
+        if self.frames_per_block < 1:
+            raise ValueError(f"frames_per_block must be >= 1, got {self.frames_per_block}")
+        if self.rope not in ROPE_MODES:
+            raise ValueError(f"rope mode {self.rope!r} unknown; choose one of {ROPE_MODES}")
+        if self.window == 0:
+            if self.sink:
+                raise ValueError("a sink needs a rolling window (--window > 0); global attention keeps every frame")
+            if self.max_frames < self.frames_per_block:
+                raise ValueError(f"max_frames {self.max_frames} < frames_per_block {self.frames_per_block}")
+        else:
+            if self.sink < 0 or self.window < 0:
+                raise ValueError("window and sink must be >= 0")
+            if self.window - self.sink < self.frames_per_block:
+                raise ValueError(
+                    f"window {self.window} - sink {self.sink} leaves {self.window - self.sink} ring frames, fewer than "
+                    f"a block's {self.frames_per_block}: a block must fit in the ring (raise --window or lower --sink)"
+                )
+
+    @property
+    def ring(self) -> int:
+        return self.window - self.sink if self.window else self.max_frames
+
+    @property
+    def capacity_frames(self) -> int:
+        return self.window or self.max_frames
+
+    @property
+    def unbounded(self) -> bool:
+        return self.window > 0
+
+    def visible_frames(self, block: int) -> list[int]:
+        """The specification: latent frames that block ``block`` attends to (its own included)."""
+        end = (block + 1) * self.frames_per_block
+        if not self.window:
+            return list(range(end))
+        return [g for g in range(end) if g < self.sink or g >= end - self.ring]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CallPlan:
+    """Where one DiT call writes and what it reads; positions are RoPE frame positions."""
+
+    frames: list[int]
+    slots: list[int]
+    num_key_slots: int
+    key_frames: list[int]  # frame held by each of the slots [0, num_key_slots)
+    query_positions: list[int]
+    key_positions: list[int]
+
+
+@dataclass
+class SlotMap:
+    """Host-side bookkeeping of the ring (no tensors): which frame sits in which slot."""
+
+    geom: CacheGeometry
+    rope_limit: int = 1024
+    ring_base: int = -1
+    slot_frame: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ring_base = self.geom.sink
+        self.slot_frame = [-1] * self.geom.capacity_frames
+
+    @property
+    def filled(self) -> int:
+        n = 0
+        while n < len(self.slot_frame) and self.slot_frame[n] >= 0:
+            n += 1
+        return n
+
+    def slot_of(self, frame: int) -> int:
+        g = self.geom
+        if not g.window:
+            if frame >= g.max_frames:
+                raise ValueError(
+                    f"global cache holds {g.max_frames} latent frames and frame {frame} overflows it; "
+                    "use a rolling window (--window 12 --sink 3) for long videos or raise --max-frames"
+                )
+            return frame
+        if frame < g.sink:
+            return frame
+        return g.sink + (frame - self.ring_base) % g.ring
+
+    def reset(self, first_frame: int, keep_sink: bool) -> None:
+        """Forget cached frames before a re-cache starting at ``first_frame``."""
+        g = self.geom
+        keep = g.sink if (keep_sink and g.window) else 0
+        for s in range(keep, len(self.slot_frame)):
+            self.slot_frame[s] = -1
+        if g.window:
+            self.ring_base = max(first_frame, g.sink)
+
+    def plan(self, frame_start: int, num_frames: int) -> CallPlan:
+        frames = list(range(frame_start, frame_start + num_frames))
+        slots = [self.slot_of(f) for f in frames]
+        filled_before = self.filled
+        if min(slots) > filled_before:
+            raise ValueError(
+                f"frames {frames} would leave a gap in the cache (slots {slots}, {filled_before} filled): "
+                "blocks must be generated in order"
+            )
+        for f, s in zip(frames, slots):
+            self.slot_frame[s] = f
+        n = self.filled
+        key_frames = self.slot_frame[:n]
+        if self.geom.rope == "absolute":
+            q_pos, k_pos = frames, key_frames
+            if frames[-1] >= self.rope_limit:
+                raise ValueError(
+                    f"latent frame {frames[-1]} is past the model's {self.rope_limit} RoPE positions with absolute "
+                    "positions; compile/run with relative RoPE (--rope relative) for unbounded length"
+                )
+        else:
+            sink = self.geom.sink if self.geom.window else 0
+            ring_frames = [f for f in key_frames if f >= sink]
+            oldest = min(ring_frames) if ring_frames else sink
+
+            def rel(f: int) -> int:
+                return f if f < sink else sink + f - oldest
+
+            q_pos, k_pos = [rel(f) for f in frames], [rel(f) for f in key_frames]
+        return CallPlan(frames, slots, n, list(key_frames), q_pos, k_pos)
+
+
+class KVCache:
+    """The self-attention cache of every layer, written in place; implements ``attend`` for WanDiT.run."""
+
+    def __init__(self, num_layers, num_heads, head_dim, geom: CacheGeometry, grid_hw: tuple[int, int], batch=1,
+                 dtype=torch.float32, device="cpu", rope_axis_dims=(44, 42, 42), rope_limit=1024):
+        self.geom, self.grid_hw = geom, grid_hw
+        self.frame_tokens = grid_hw[0] * grid_hw[1]
+        self.rope_axis_dims = rope_axis_dims
+        self.slots = SlotMap(geom, rope_limit)
+        shape = (num_layers, batch, geom.capacity_frames * self.frame_tokens, num_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._call: CallPlan | None = None
+
+    @classmethod
+    def for_model(cls, model, geom: CacheGeometry, grid_hw, batch=1, device="cpu"):
+        c = model.cfg
+        return cls(c.num_layers, c.num_heads, c.head_dim, geom, grid_hw, batch, model.compute_dtype, device,
+                   c.rope_axis_dims, c.rope_max_positions)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def _rope(self, positions: list[int]) -> RotaryTable:
+        ang = rope_angles(self.rope_axis_dims, torch.tensor(positions), *self.grid_hw)
+        return RotaryTable(ang).to(self.k.device)
+
+    def begin_call(self, frame_start: int, num_frames: int) -> CallPlan:
+        plan = self.slots.plan(frame_start, num_frames)
+        t = self.frame_tokens
+        # contiguous slot runs: a block whose frames wrap around the ring is written in two pieces
+        runs, i = [], 0
+        while i < len(plan.slots):
+            j = i
+            while j + 1 < len(plan.slots) and plan.slots[j + 1] == plan.slots[j] + 1:
+                j += 1
+            runs.append((plan.slots[i] * t, (plan.slots[j] + 1) * t, i * t, (j + 1) * t))
+            i = j + 1
+        self._runs = runs
+        self._rope_q = self._rope(plan.query_positions)
+        self._rope_k = self._rope(plan.key_positions) if self.geom.rope == "relative" else None
+        self._call = plan
+        return plan
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q, k, v: [B, F*T, H, Dh] of the block being computed
+        plan = self._call
+        if plan is None:
+            raise RuntimeError("KVCache.attend called before begin_call")
+        if self._rope_k is None:
+            k = self._rope_q.rotate(k)  # absolute: stored rotated
+        for c0, c1, n0, n1 in self._runs:
+            self.k[layer, :, c0:c1].copy_(k[:, n0:n1])
+            self.v[layer, :, c0:c1].copy_(v[:, n0:n1])
+        n = plan.num_key_slots * self.frame_tokens
+        keys, vals = self.k[layer, :, :n], self.v[layer, :, :n]  # views, no copy
+        if self._rope_k is not None:
+            keys = self._rope_k.rotate(keys)
+        return attention(self._rope_q.rotate(q), keys, vals)
+
+    def reset_for_recache(self, first_frame: int, keep_sink: bool) -> None:
+        self.slots.reset(first_frame, keep_sink)
