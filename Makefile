@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/python tools/make_demo_checkpoint.py --out out/demo
-	$(BIN)/arvc run out/demo/model.safetensors --vae out/demo/vae.safetensors \
-		--prompt-embeds out/demo/prompt.safetensors --seconds 4 --seed 0 -o out/demo.mp4
+	$(BIN)/arvc run out/demo --prompt-embeds out/demo/prompt.safetensors \
+		--seconds 4 --seed 0 --height 128 --width 128 -o out/demo.mp4
 
 test: install
 	$(BIN)/python -m pytest -q

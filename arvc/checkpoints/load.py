@@ -1,0 +1,251 @@
+"""Load, validate, describe and save Wan2.1 DiT and VAE checkpoints (safetensors).
+
+Every loaded state dict is in original Wan names and is checked name-by-name and shape-by-shape
+against the model arvc will build (``WanDiT`` / ``WanVAEDecoder`` on the meta device), so a bad
+file fails here, with the file named and the offending tensors listed, not deep inside a compile.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from arvc.model.config import WAN_PRESETS, WanConfig, WanVAEConfig
+
+from .dit_names import to_original_names
+from .infer import infer_wan_config
+from .safetensors_io import (CheckpointError, meta_tensors_from_header, read_safetensors,
+                             read_safetensors_header, write_safetensors_atomic)
+
+LIST_LIMIT = 10
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Encoder-side tensors of a full Wan VAE file; arvc decodes only, so they are dropped, not errors.
+VAE_ENCODER_PREFIXES = ("encoder.", "conv1.", "quant_conv.")
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    state_dict: dict[str, torch.Tensor]  # original Wan names
+    config: WanConfig
+    convention: str                      # "wan" | "diffusers": how the file named its tensors
+    prefix: str                          # prefix stripped from the file's names ("" if none)
+    dtypes: dict[str, int]               # dtype name -> number of parameters stored in it
+    param_count: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedVAE:
+    path: Path
+    state_dict: dict[str, torch.Tensor]  # original Wan names, decoder side only
+    config: WanVAEConfig
+    convention: str
+    dtypes: dict[str, int]
+    param_count: int
+    dropped: list[str] = field(default_factory=list)  # encoder-side tensors not kept
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def list_names(names: list[str]) -> str:
+    shown = ", ".join(names[:LIST_LIMIT])
+    more = f" ... and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
+    return f"{len(names)}: {shown}{more}"
+
+
+def dtype_summary(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for t in sd.values():
+        counts[str(t.dtype).removeprefix("torch.")] += t.numel()
+    return dict(counts)
+
+
+def compare_state_dict(found: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                       allowed_extra: tuple[str, ...] = ()) -> list[str]:
+    """Human-readable problems between a state dict and the expected {name: shape}."""
+    problems = []
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected and not k.startswith(allowed_extra)]
+    mismatched = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k].shape)}"
+                  for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])]
+    if missing:
+        problems.append("missing tensors " + list_names(missing))
+    if unexpected:
+        problems.append("unexpected tensors " + list_names(unexpected))
+    if mismatched:
+        problems.append("shape mismatches " + list_names(mismatched))
+    odd = sorted({str(t.dtype) for t in found.values() if t.dtype not in FLOAT_DTYPES})
+    if odd:
+        problems.append(f"unsupported dtypes {odd} (arvc loads float32/bfloat16/float16 weights; "
+                        "pre-quantized checkpoints are not accepted as compile input)")
+    return problems
+
+
+def expected_dit_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
+    from arvc.model.dit import WanDiT
+
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def expected_vae_shapes(cfg: WanVAEConfig) -> dict[str, tuple[int, ...]]:
+    from arvc.model.vae import WanVAEDecoder
+
+    with torch.device("meta"):
+        model = WanVAEDecoder(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _ensure_safetensors(path: Path) -> None:
+    # Reading the header gives the specific error (missing, .pt, truncated, ...) before any load.
+    read_safetensors_header(path)
+
+
+def _fail(path: Path, what: str, problems: list[str]) -> CheckpointError:
+    return CheckpointError(f"{path}: {what}:\n  - " + "\n  - ".join(problems))
+
+
+def _normalise_dit(path: Path, sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                   num_heads: int | None):
+    try:
+        named, info = to_original_names(sd)
+        cfg = infer_wan_config(named, metadata, num_heads=num_heads)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return named, info, cfg
+
+
+# -- DiT -------------------------------------------------------------------------------------------
+
+def validate_dit(state_dict: Mapping[str, torch.Tensor], config: WanConfig) -> list[str]:
+    """Problems of an original-named DiT state dict against ``config`` ([] when it is sound)."""
+    return compare_state_dict(state_dict, expected_dit_shapes(config))
+
+
+def load_dit(path: str | os.PathLike, num_heads: int | None = None) -> LoadedCheckpoint:
+    """Load a Wan2.1 T2V DiT from safetensors in any accepted naming; validate it fully."""
+    path = Path(path)
+    _ensure_safetensors(path)
+    sd, metadata = read_safetensors(path)
+    named, info, cfg = _normalise_dit(path, sd, metadata, num_heads)
+    problems = validate_dit(named, cfg)
+    if problems:
+        raise _fail(path, f"does not match a Wan2.1 DiT with dim {cfg.dim}, {cfg.num_layers} layers", problems)
+    return LoadedCheckpoint(path=path, state_dict=named, config=cfg, convention=info.convention,
+                            prefix=info.prefix, dtypes=dtype_summary(named),
+                            param_count=sum(t.numel() for t in named.values()), metadata=metadata)
+
+
+def save_dit(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], config: WanConfig,
+             extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a DiT in original names, recording its config so reloading needs no guessing."""
+    named, _ = to_original_names(sd)
+    problems = validate_dit(named, config)
+    if problems:
+        raise _fail(Path(path), "refusing to save a state dict that does not match its config", problems)
+    metadata = {
+        "arvc.format": "wan2.1-dit",
+        "arvc.config": json.dumps(config.to_dict(), sort_keys=True),
+        "arvc.num_heads": str(config.num_heads),
+    }
+    metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
+    return write_safetensors_atomic(path, named, metadata)
+
+
+# -- VAE -------------------------------------------------------------------------------------------
+
+def _vae_stats(metadata: Mapping[str, str], latent_mean, latent_std):
+    # The per-channel latent statistics are not weights; a file saved by arvc may record them.
+    if latent_mean is None and latent_std is None and "arvc.config" in metadata:
+        try:
+            stored = json.loads(metadata["arvc.config"])
+        except json.JSONDecodeError:
+            stored = {}
+        if isinstance(stored, dict):
+            latent_mean, latent_std = stored.get("latent_mean"), stored.get("latent_std")
+    return latent_mean, latent_std
+
+
+def _normalise_vae(path: Path, sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                   latent_mean=None, latent_std=None):
+    from .vae_names import infer_vae_config, to_original_vae_names
+
+    latent_mean, latent_std = _vae_stats(metadata, latent_mean, latent_std)
+    try:
+        named, convention = to_original_vae_names(dict(sd))
+        cfg = infer_vae_config(named, latent_mean=latent_mean, latent_std=latent_std)
+    except (CheckpointError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a usable Wan2.1 VAE checkpoint: {e}") from None
+    return named, convention, cfg
+
+
+def load_vae(path: str | os.PathLike, latent_mean: tuple[float, ...] | None = None,
+             latent_std: tuple[float, ...] | None = None) -> LoadedVAE:
+    """Load the Wan2.1 VAE (decoder side) from safetensors; encoder tensors are dropped.
+
+    latent_mean / latent_std: only for a non-16-channel latent (Wan2.1's are built in).
+    """
+    path = Path(path)
+    _ensure_safetensors(path)
+    sd, metadata = read_safetensors(path)
+    named, convention, cfg = _normalise_vae(path, sd, metadata, latent_mean, latent_std)
+    expected = expected_vae_shapes(cfg)
+    problems = compare_state_dict(named, expected, allowed_extra=VAE_ENCODER_PREFIXES)
+    if problems:
+        raise _fail(path, "does not match the Wan2.1 VAE decoder", problems)
+    kept = {k: v for k, v in named.items() if k in expected}
+    dropped = sorted(k for k in sd if k.startswith(VAE_ENCODER_PREFIXES))
+    return LoadedVAE(path=path, state_dict=kept, config=cfg, convention=convention,
+                     dtypes=dtype_summary(kept), param_count=sum(t.numel() for t in kept.values()),
+                     dropped=dropped, metadata=metadata)
+
+
+# -- inspect ---------------------------------------------------------------------------------------
+
+def _preset_name(cfg: WanConfig) -> str | None:
+    shape_fields = ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels",
+                    "patch_size", "text_dim", "freq_dim")
+    for name, preset in WAN_PRESETS.items():
+        if all(getattr(preset, f) == getattr(cfg, f) for f in shape_fields):
+            return name
+    return None
+
+
+def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """What a safetensors checkpoint holds, from its header alone (no tensor data is read).
+
+    Returns architecture ("wan2.1-dit" | "wan2.1-vae"), config, parameter count, dtypes, naming
+    convention, prefix, tensor count, metadata and ``problems`` (validation findings; empty when
+    the file would load). Raises CheckpointError for unreadable files and unknown architectures.
+    """
+    from .infer import is_i2v, not_a_wan_dit_message
+
+    path = Path(path)
+    header, metadata = read_safetensors_header(path)
+    sd = meta_tensors_from_header(header)
+    base = {"path": str(path), "tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()),
+            "dtypes": dtype_summary(sd), "metadata": metadata}
+    try:
+        named, info = to_original_names(sd)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    keys = list(named)
+    if "patch_embedding.weight" in named or is_i2v(keys):
+        _, info, cfg = _normalise_dit(path, sd, metadata, None)
+        return {**base, "architecture": "wan2.1-dit", "preset": _preset_name(cfg),
+                "config": cfg.to_dict(), "naming": info.convention, "prefix": info.prefix,
+                "problems": validate_dit(named, cfg)}
+    if any(k.startswith("decoder.") for k in sd):
+        vnamed, convention, vcfg = _normalise_vae(path, sd, metadata)
+        problems = compare_state_dict(vnamed, expected_vae_shapes(vcfg), allowed_extra=VAE_ENCODER_PREFIXES)
+        return {**base, "architecture": "wan2.1-vae", "preset": None, "config": vcfg.to_dict(),
+                "naming": convention, "prefix": "", "problems": problems}
+    raise CheckpointError(f"{path}: unknown architecture: " + not_a_wan_dit_message(list(sd)))

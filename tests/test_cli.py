@@ -1,0 +1,147 @@
+"""The command line: run (real MP4 out), explain-cache, inspect, and its errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from arvc.checkpoints.load import save_dit
+from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+from arvc.cli import main
+from arvc.model.config import WanConfig, WanVAEConfig
+from arvc.model.dit import WanDiT, init_random_weights_
+from arvc.model.vae import WanVAEDecoder
+from arvc.runtime.kv_cache import CacheGeometry
+from arvc.runtime.schedule import Schedule
+from arvc.runtime.torch_models import load_dit_module, load_prompt_embeds, load_vae_module
+from arvc.runtime.torch_stream import TorchStreamSession, latent_frames_for
+from arvc.runtime.video import read_mp4
+
+CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
+SIZE = ["--height", "32", "--width", "32"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    save_dit(d / "model.safetensors", init_random_weights_(WanDiT(CFG), seed=0).state_dict(), CFG)
+    torch.manual_seed(0)
+    vae = WanVAEDecoder(WanVAEConfig(base_dim=4))
+    write_safetensors_atomic(d / "vae.safetensors", {k: v.contiguous() for k, v in vae.state_dict().items()})
+    write_safetensors_atomic(d / "p0.safetensors", {"context": torch.randn(5, CFG.text_dim)})
+    write_safetensors_atomic(d / "p1.safetensors", {"context": torch.randn(3, CFG.text_dim)})
+    write_safetensors_atomic(d / "wide.safetensors", {"context": torch.randn(3, CFG.text_dim + 1)})
+    return d
+
+
+def test_latent_frame_count_follows_the_vae_first_frame_rule():
+    assert [latent_frames_for(n) for n in (1, 2, 5, 6, 9, 16, 81)] == [1, 2, 2, 3, 3, 5, 21]
+
+
+def test_run_writes_an_h264_mp4_with_the_requested_frames(ckpt, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    rc = main(["run", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"),
+               f"--prompt-embeds={ckpt / 'p1.safetensors'}@1", "--seconds", "1.5", "--seed", "3",
+               "--window", "6", "--sink", "3", "--steps", "2", "-o", str(out), "--json", "--quiet", *SIZE])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    frames, fps = read_mp4(out)
+    assert frames.shape == (24, 32, 32, 3) and fps == 16 and summary["frames"] == 24
+    import av
+
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_stream_is_deterministic_and_matches_the_decoded_latents(ckpt):
+    dit = load_dit_module(ckpt / "model.safetensors")
+    vae = load_vae_module(ckpt / "vae.safetensors")
+    ctx = load_prompt_embeds(ckpt / "p0.safetensors", CFG)
+
+    def frames(seed):
+        s = TorchStreamSession(dit, vae, CacheGeometry(3, 6, 3), Schedule.from_shift(5, 2), 32, 32, seed=seed)
+        s.set_prompt(ctx)
+        return np.concatenate([r.frames for r in s.stream(20)])
+
+    a, b, c = frames(1), frames(1), frames(2)
+    assert a.shape == (20, 32, 32, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_explain_cache_longlive_geometry(capsys):
+    assert main(["explain-cache", "--frames-per-block", "3", "--window", "12", "--sink", "3", "--blocks", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["blocks"]
+    assert rows[4]["attends_frames"] == [0, 1, 2] + list(range(6, 15))
+    assert rows[4]["evicted_frames"] == [3, 4, 5]
+    assert rows[4]["writes_slots"] == [3, 4, 5]
+    assert rows[7]["attends_frames"] == [0, 1, 2] + list(range(15, 24))
+
+
+def test_explain_cache_global_and_table(capsys):
+    assert main(["explain-cache", "--window", "0", "--blocks", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["blocks"]
+    assert rows[2]["attends_frames"] == list(range(9)) and rows[2]["writes_slots"] == [6, 7, 8]
+    assert main(["explain-cache", "--blocks", "5"]) == 0
+    table = capsys.readouterr().out
+    assert "window 12 (sink 3 + ring 9)" in table and "0-2,6-14" in table
+
+
+def test_inspect_reports_architecture_and_naming(ckpt, capsys):
+    assert main(["inspect", str(ckpt / "model.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "wan2.1-dit" and info["naming"] == "wan"
+    assert info["config"]["dim"] == 64 and info["parameters"] == CFG.param_count()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prompt-embeds", "{d}/wide.safetensors"], "must be [L, 32]"),
+        (["--prompt-embeds", "{d}/p0.safetensors", "--height", "40"], "not a multiple of 16x16"),
+        (["--prompt-embeds", "{d}/p0.safetensors", "--window", "4", "--sink", "3"], "a block must fit in the ring"),
+        (["--prompt-embeds", "{d}/missing.safetensors"], "missing.safetensors"),
+    ],
+)
+def test_run_bad_inputs_give_clear_errors(ckpt, tmp_path, capsys, extra, message):
+    out = tmp_path / "v.mp4"
+    args = ["run", str(ckpt / "model.safetensors"), "--vae", str(ckpt / "vae.safetensors"), "--seconds", "0.5",
+            "-o", str(out), "--quiet", *SIZE]
+    rc = main(args + [a.format(d=ckpt) for a in extra])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_run_without_vae_says_how_to_pass_one(ckpt, tmp_path):
+    with pytest.raises(SystemExit, match="--vae"):
+        main(["run", str(ckpt / "model.safetensors"), "--prompt-embeds", str(ckpt / "p0.safetensors"),
+              "-o", str(tmp_path / "v.mp4")])
+
+
+def test_failed_stream_leaves_no_output(ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "v.mp4"
+    calls = {"n": 0}
+    original = TorchStreamSession.next_block
+
+    def failing(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(TorchStreamSession, "next_block", failing)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"), "--seconds", "2",
+              "-o", str(out), "--quiet", *SIZE])
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_entry_point_imports_lazily():
+    code = "import sys, arvc.cli; assert 'torch' not in sys.modules, 'torch imported by the CLI module'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    r = subprocess.run([sys.executable, "-m", "arvc.cli", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("run", "inspect", "explain-cache", "convert"):
+        assert cmd in r.stdout
