@@ -165,9 +165,10 @@ def cmd_convert(args) -> int:
     from arvc.checkpoints import convert
 
     if args.kind == "self-forcing":
-        info = convert.convert_self_forcing(args.input, args.output, which=args.which)
+        info = convert.convert_self_forcing(args.input, args.output, which=args.which, num_heads=args.num_heads)
     else:
-        info = convert.merge_lora(args.base, args.lora, args.output, alpha=args.alpha, rank=args.rank)
+        info = convert.merge_lora(args.base, args.lora, args.output, alpha=args.alpha, rank=args.rank,
+                                  num_heads=args.num_heads)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--alpha", type=float, help="LoRA alpha when the file does not store it")
     ll.add_argument("--rank", type=int, help="expected LoRA rank (checked)")
     ll.add_argument("-o", "--output", required=True)
+    for sp in (sf, ll):
+        sp.add_argument("--num-heads", type=int, help="attention heads, only for non-Wan sizes (Wan: dim/128)")
     c.set_defaults(func=cmd_convert)
     return p
 

@@ -1,0 +1,1 @@
+"""Streaming runtime: KV cache, schedule, causal loop, sessions and video output."""

@@ -145,3 +145,26 @@ def test_cli_entry_point_imports_lazily():
     r = subprocess.run([sys.executable, "-m", "arvc.cli", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("run", "inspect", "explain-cache", "convert"):
         assert cmd in r.stdout
+
+
+def test_convert_self_forcing_cli_records_causal_numerics(ckpt, tmp_path, capsys):
+    from arvc.checkpoints.load import load_dit
+
+    src = load_dit(ckpt / "model.safetensors").state_dict
+    pt = tmp_path / "self_forcing.pt"
+    torch.save({"generator_ema": {"model." + k: v for k, v in src.items()}, "step": 100}, pt)
+    out = tmp_path / "model.safetensors"
+    assert main(["convert", "self-forcing", str(pt), "--num-heads", "2", "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["which"] == "generator_ema"
+    model = load_dit_module(out)
+    assert model.numerics.modulation_bf16  # the causal checkpoints' training numerics
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in src.items())
+    assert not load_dit_module(out, modulation_bf16=False).numerics.modulation_bf16
+
+
+def test_run_in_bf16(ckpt, tmp_path):
+    out = tmp_path / "bf16.mp4"
+    assert main(["run", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"), "--seconds", "0.5",
+                 "--dtype", "bf16", "--modulation-bf16", "--steps", "2", "-o", str(out), "--quiet", *SIZE]) == 0
+    frames, _ = read_mp4(out)
+    assert frames.shape == (8, 32, 32, 3)

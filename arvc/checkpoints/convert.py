@@ -15,6 +15,7 @@ config, ``adapter.alpha``), so it must be passed unless the file carries it.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -146,6 +147,11 @@ def _summary(out: Path, sd: Mapping[str, torch.Tensor], cfg: WanConfig, **extra:
             "parameters": sum(t.numel() for t in sd.values()), "dtypes": dtype_summary(sd), **extra}
 
 
+# The causal generators (Self-Forcing, CausVid, LongLive) were trained with bf16 residual/modulation
+# numerics; recording it makes every consumer of the converted file reproduce them by default.
+CAUSAL_NUMERICS = json.dumps({"modulation_bf16": True})
+
+
 # -- Self-Forcing ----------------------------------------------------------------------------------
 
 def convert_self_forcing(pt_path: str | os.PathLike, out_path: str | os.PathLike, which: str = "auto",
@@ -165,6 +171,7 @@ def convert_self_forcing(pt_path: str | os.PathLike, out_path: str | os.PathLike
     save_dit(out_path, sd, cfg, {
         "arvc.source": pt_path.name, "arvc.source_key": source,
         "arvc.source_prefix": info.prefix, "arvc.converted_by": "convert_self_forcing",
+        "arvc.numerics": CAUSAL_NUMERICS,
     })
     return _summary(out_path, sd, cfg, source=str(pt_path), which=source, prefix=info.prefix,
                     convention=info.convention)
@@ -315,7 +322,7 @@ def merge_lora(base_path: str | os.PathLike, lora_path: str | os.PathLike, out_p
         "arvc.source": base_path.name, "arvc.source_key": source,
         "arvc.lora_source": lora_path.name, "arvc.lora_alpha": str(alpha_used),
         "arvc.lora_rank": ",".join(map(str, ranks)), "arvc.lora_targets": str(len(pairs)),
-        "arvc.converted_by": "merge_lora",
+        "arvc.converted_by": "merge_lora", "arvc.numerics": CAUSAL_NUMERICS,
     })
     return _summary(out_path, merged, cfg, base=str(base_path), lora=str(lora_path), which=source,
                     alpha=alpha_used, rank=ranks[0] if len(ranks) == 1 else ranks, targets=len(pairs))
