@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arvc.checkpoints.safetensors_io import default_file_mode
+
 
 def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
     """pixels: [3, N, H, W] or [N, 3, H, W]... in [-1, 1] -> uint8 [N, H, W, 3]."""
@@ -52,6 +54,7 @@ class Mp4Writer:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
+        os.chmod(self._tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(self._tmp, self.path)
         return self.path
 

@@ -54,6 +54,9 @@ def test_run_writes_an_h264_mp4_with_the_requested_frames(ckpt, tmp_path, capsys
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.name == "h264"
     assert not list(tmp_path.glob("*.part"))
+    from arvc.checkpoints.safetensors_io import default_file_mode
+
+    assert out.stat().st_mode & 0o777 == default_file_mode()
 
 
 def test_stream_is_deterministic_and_matches_the_decoded_latents(ckpt):

@@ -178,6 +178,13 @@ def _unshare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_safetensors_atomic(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                              metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``tensors`` to ``path`` so that the path holds either the old file or the whole new one."""
@@ -192,8 +199,8 @@ def write_safetensors_atomic(path: str | os.PathLike, tensors: Mapping[str, torc
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is normally world-readable
         save_file(_unshare(tensors), tmp, metadata=meta)
+        os.chmod(tmp, default_file_mode())  # mkstemp (and the writer) leave 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

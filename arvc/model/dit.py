@@ -71,7 +71,9 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-class SelfAttention(nn.Module):
+class _Projections(nn.Module):
+    """q, k, v, o linears and the RMSNorms on q and k (over the full dim), as both attentions have."""
+
     def __init__(self, cfg: WanConfig):
         super().__init__()
         d = cfg.dim
@@ -79,32 +81,25 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(d, cfg.eps), RMSNorm(d, cfg.eps)
 
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.heads, self.head_dim)  # [B, N, dim] -> [B, N, H, Dh]
+
+
+class SelfAttention(_Projections):
     def forward(self, x: torch.Tensor, ctx: SelfAttentionContext, layer: int) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim)  # [B, N, H, Dh]
-        k = self.norm_k(self.k(x)).view(b, n, self.heads, self.head_dim)
-        v = self.v(x).view(b, n, self.heads, self.head_dim)
+        q = self.split_heads(self.norm_q(self.q(x)))
+        k = self.split_heads(self.norm_k(self.k(x)))
+        v = self.split_heads(self.v(x))
         return self.o(ctx.attend(layer, q, k, v).flatten(2))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        d = cfg.dim
-        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(d, cfg.eps), RMSNorm(d, cfg.eps)
-
+class CrossAttention(_Projections):
     def kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # text: [B, L, dim] -> k, v: [B, L, H, Dh]; computed once per prompt
-        b, l, _ = text.shape
-        k = self.norm_k(self.k(text)).view(b, l, self.heads, self.head_dim)
-        v = self.v(text).view(b, l, self.heads, self.head_dim)
-        return k, v
+        return self.split_heads(self.norm_k(self.k(text))), self.split_heads(self.v(text))
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim)
+        q = self.split_heads(self.norm_q(self.q(x)))
         # all L text rows are attended, padding included (Wan uses no key mask)
         return self.o(attention(q, kv[0], kv[1]).flatten(2))
 
