@@ -6,14 +6,32 @@ import json
 import sys
 
 
+# Built-in run defaults; a model directory's model.json overrides them, explicit flags override both.
+RUN_DEFAULTS = {"height": 480, "width": 832, "fps": 16, "frames_per_block": 3, "window": 12, "sink": 3,
+                "max_frames": 21, "rope": "absolute", "shift": 5.0, "steps": 4, "timesteps": None}
+
+
 def _add_geometry_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cache geometry (LongLive defaults)")
-    g.add_argument("--frames-per-block", type=int, default=3, help="latent frames per block (default 3)")
-    g.add_argument("--window", type=int, default=12, help="latent frames attended incl. sink; 0 = global (default 12)")
-    g.add_argument("--sink", type=int, default=3, help="first frames pinned in the cache (default 3; 0 with --window 0)")
-    g.add_argument("--max-frames", type=int, default=21, help="capacity of a global cache (default 21)")
-    g.add_argument("--rope", choices=["absolute", "relative"], default="absolute",
+    g = p.add_argument_group("cache geometry (default: the model's model.json, else LongLive's)")
+    g.add_argument("--frames-per-block", type=int, help="latent frames per block (default 3)")
+    g.add_argument("--window", type=int, help="latent frames attended incl. sink; 0 = global (default 12)")
+    g.add_argument("--sink", type=int, help="first frames pinned in the cache (default 3; 0 with --window 0)")
+    g.add_argument("--max-frames", type=int, help="capacity of a global cache (default 21)")
+    g.add_argument("--rope", choices=["absolute", "relative"],
                    help="absolute: K stored rotated (<= 1024 frames); relative: window-relative, unbounded")
+
+
+def _fill_defaults(args, model_defaults: dict | None = None) -> None:
+    """explicit flag > the model directory's model.json > RUN_DEFAULTS"""
+    md = dict(model_defaults or {})
+    md.update(md.pop("geometry", {}) or {})
+    if "schedule" in md:
+        md["timesteps"] = ",".join(str(t) for t in md.pop("schedule")["timesteps"])
+    if getattr(args, "shift", None) is not None or getattr(args, "steps", None) is not None:
+        md.pop("timesteps", None)  # an explicit --shift/--steps replaces the model's t list
+    for key, value in RUN_DEFAULTS.items():
+        if getattr(args, key, None) is None and hasattr(args, key):
+            setattr(args, key, md.get(key, value))
 
 
 def _geometry(args):
@@ -27,24 +45,41 @@ def _schedule(args):
     from arvc.runtime.schedule import Schedule
 
     if args.timesteps:
-        return Schedule(tuple(float(t) for t in args.timesteps.split(",")))
+        return Schedule(tuple(float(t) for t in str(args.timesteps).split(",")))
     return Schedule.from_shift(args.shift, args.steps)
 
 
-def _parse_prompt_specs(specs: list[str]) -> list[tuple[float, str]]:
-    """'FILE' or 'FILE@SECONDS' -> [(start_seconds, file)], sorted; the first must start at 0."""
+def _timed(specs: list[str], flag: str) -> list[tuple[float, str]]:
+    """'VALUE' or 'VALUE@SECONDS' -> [(start_seconds, value)], sorted; the first must start at 0."""
     out = []
     for spec in specs:
-        path, _, at = spec.rpartition("@") if "@" in spec else (spec, "", "0")
+        value, sep, at = spec.rpartition("@")
         try:
-            start = float(at)
+            out.append((float(at), value) if sep else (0.0, spec))
         except ValueError:
-            raise SystemExit(f"arvc: --prompt-embeds {spec!r}: expected FILE or FILE@SECONDS") from None
-        out.append((start, path))
-    out.sort()
+            out.append((0.0, spec))  # an '@' that is part of the value
+    out.sort(key=lambda item: item[0])
     if out[0][0] != 0:
-        raise SystemExit("arvc: the first --prompt-embeds must start at 0 seconds")
+        raise SystemExit(f"arvc: the first {flag} must start at 0 seconds")
     return out
+
+
+def _prompt_contexts(args, files, cfg) -> list[tuple[float, "object"]]:
+    """[(start_seconds, context [1, L, text_dim])] from --prompt (text encoder) or --prompt-embeds."""
+    from arvc.runtime.torch_models import load_prompt_embeds, load_text_encoder
+
+    if bool(args.prompt) == bool(args.prompt_embeds):
+        raise SystemExit("arvc: give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
+    if args.prompt_embeds:
+        return [(start, load_prompt_embeds(p, cfg)) for start, p in _timed(args.prompt_embeds, "--prompt-embeds")]
+    if files.text_encoder is None:
+        raise SystemExit(f"arvc: {args.checkpoint} has no text encoder (text_encoder.safetensors); "
+                         "pass precomputed embeddings with --prompt-embeds FILE")
+    import torch
+
+    enc = load_text_encoder(files.text_encoder)
+    with torch.no_grad():
+        return [(start, enc.encode([text])) for start, text in _timed(args.prompt, "--prompt")]
 
 
 def cmd_run(args) -> int:
@@ -53,7 +88,7 @@ def cmd_run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from arvc.runtime.torch_models import load_dit_module, load_prompt_embeds, load_vae_module, resolve_checkpoint
+    from arvc.runtime.torch_models import load_dit_module, load_vae_module, resolve_checkpoint
     from arvc.runtime.torch_stream import TorchStreamSession
     from arvc.runtime.video import Mp4Writer
 
@@ -63,16 +98,16 @@ def cmd_run(args) -> int:
     if args.seconds <= 0:
         raise SystemExit("arvc: --seconds must be > 0")
     files = resolve_checkpoint(args.checkpoint, args.vae)
+    _fill_defaults(args, files.defaults)
     if files.vae is None:
         raise SystemExit("arvc: no VAE: pass --vae VAE.safetensors (or put vae.safetensors beside model.safetensors)")
-    prompts = _parse_prompt_specs(args.prompt_embeds)
     dit = load_dit_module(files.dit, args.dtype, args.device, args.modulation_bf16)
+    prompts = _prompt_contexts(args, files, dit.cfg)
     vae = load_vae_module(files.vae, "fp32" if args.device == "cpu" else args.dtype, args.device)
-    embeds = [(start, load_prompt_embeds(p, dit.cfg)) for start, p in prompts]
     session = TorchStreamSession(dit, vae, _geometry(args), _schedule(args), args.height, args.width,
                                  seed=args.seed, device=args.device)
-    session.set_prompt(embeds[0][1])
-    pending = embeds[1:]
+    session.set_prompt(prompts[0][1])
+    pending = prompts[1:]
     total = round(args.seconds * args.fps)
     t_start = time.perf_counter()
     first_frame_s = None
@@ -88,8 +123,7 @@ def cmd_run(args) -> int:
             done = writer.frames_written
             bar.update(task, completed=done, fps=done / (time.perf_counter() - t_start))
             while pending and pending[0][0] * args.fps <= done:
-                _, ctx = pending.pop(0)
-                session.switch_prompt(ctx)
+                session.switch_prompt(pending.pop(0)[1])
     wall = time.perf_counter() - t_start
     summary = {"output": str(args.output), "frames": writer.frames_written, "fps_video": args.fps,
                "seconds_wall": round(wall, 3), "frames_per_second": round(writer.frames_written / wall, 3),
@@ -97,6 +131,19 @@ def cmd_run(args) -> int:
     print(json.dumps(summary) if args.json else
           f"wrote {summary['output']}: {summary['frames']} frames in {wall:.1f} s "
           f"({summary['frames_per_second']:.2f} fps, first frame after {summary['time_to_first_frame_s']:.2f} s)")
+    return 0
+
+
+def cmd_judge(args) -> int:
+    from arvc.tiny.judge import judge_video
+
+    result = judge_video(args.video, args.prompt)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"color {result['color']} ({'match' if result['color_match'] else 'MISMATCH'}), "
+              f"direction {result['direction']} ({'match' if result['direction_match'] else 'MISMATCH'}), "
+              f"object found in {100 * result['found_fraction']:.1f} % of {result['frames']} frames")
     return 0
 
 
@@ -133,6 +180,7 @@ def _ranges(frames: list[int]) -> str:
 def cmd_explain_cache(args) -> int:
     from arvc.runtime.kv_cache import SlotMap
 
+    _fill_defaults(args)
     geom = _geometry(args)
     slots = SlotMap(geom, rope_limit=10**9)
     rows, held = [], set()
@@ -181,15 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("checkpoint", help="DiT .safetensors, or a directory with model.safetensors (+ vae.safetensors)")
     r.add_argument("--backend", default="torch", choices=["torch"], help="torch: the PyTorch reference")
     r.add_argument("--vae", help="Wan VAE .safetensors (original or diffusers names)")
-    r.add_argument("--prompt-embeds", action="append", required=True, metavar="FILE[@SECONDS]",
+    r.add_argument("--prompt", action="append", metavar="TEXT[@SECONDS]",
+                   help="prompt text (models with a text encoder); repeat with @SECONDS to switch mid-stream")
+    r.add_argument("--prompt-embeds", action="append", metavar="FILE[@SECONDS]",
                    help="[L, text_dim] prompt embeddings; repeat with @SECONDS to switch prompts mid-stream")
     r.add_argument("--seconds", type=float, default=5.0)
-    r.add_argument("--fps", type=int, default=16)
+    r.add_argument("--fps", type=int, help="video frame rate (default: model.json, else 16)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--height", type=int, default=480)
-    r.add_argument("--width", type=int, default=832)
-    r.add_argument("--shift", type=float, default=5.0, help="flow-matching shift of the schedule (default 5)")
-    r.add_argument("--steps", type=int, default=4, help="denoising steps per block (default 4)")
+    r.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
+    r.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")
+    r.add_argument("--shift", type=float, help="flow-matching shift of the schedule (default 5)")
+    r.add_argument("--steps", type=int, help="denoising steps per block (default 4)")
     r.add_argument("--timesteps", help="explicit comma-separated t list, overrides --shift/--steps")
     r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     r.add_argument("--modulation-bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -211,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _add_geometry_args(e)
     e.set_defaults(func=cmd_explain_cache)
+
+    j = sub.add_parser("judge", help="score a video of the tiny model's world against its prompt")
+    j.add_argument("video")
+    j.add_argument("--prompt", required=True)
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_judge)
 
     c = sub.add_parser("convert", help="turn training checkpoints into one model.safetensors")
     csub = c.add_subparsers(dest="kind", required=True)

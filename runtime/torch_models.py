@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,20 +18,43 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class CheckpointFiles:
     dit: Path
     vae: Path | None
+    text_encoder: Path | None = None
+    defaults: dict = field(default_factory=dict)  # model.json: resolution, fps, schedule, cache geometry
 
 
 def resolve_checkpoint(path: str | Path, vae: str | Path | None = None) -> CheckpointFiles:
-    """A checkpoint is a DiT safetensors file, or a directory holding model.safetensors (+ vae.safetensors)."""
+    """A checkpoint is a DiT safetensors file, or a model directory: model.safetensors, optional
+    vae.safetensors and text_encoder.safetensors, and optional model.json with the model's run defaults."""
     p = Path(path)
     if p.is_dir():
         dit = p / "model.safetensors"
         if not dit.is_file():
             raise FileNotFoundError(f"{p} is a directory without model.safetensors; pass the DiT file itself")
         vae_path = Path(vae) if vae else (p / "vae.safetensors" if (p / "vae.safetensors").is_file() else None)
-        return CheckpointFiles(dit, vae_path)
+        text = p / "text_encoder.safetensors"
+        defaults = {}
+        if (p / "model.json").is_file():
+            try:
+                defaults = json.loads((p / "model.json").read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p / 'model.json'} is not valid JSON ({e}); restore it from the model's release") from None
+        return CheckpointFiles(dit, vae_path, text if text.is_file() else None, defaults)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     return CheckpointFiles(p, Path(vae) if vae else None)
+
+
+def load_text_encoder(path: Path):
+    """The tiny model's text encoder (arvc.tiny.text) from its safetensors file."""
+    from arvc.checkpoints.safetensors_io import read_safetensors
+    from arvc.tiny.text import TextEncoderConfig, TinyTextEncoder
+
+    tensors, meta = read_safetensors(path)
+    if meta.get("arvc.format") != "arvc-tiny-text" or "arvc.config" not in meta:
+        raise ValueError(f"{path}: not an arvc text encoder (metadata arvc.format must be 'arvc-tiny-text')")
+    enc = TinyTextEncoder(TextEncoderConfig.from_json(meta["arvc.config"]))
+    enc.load_state_dict(tensors)
+    return enc.eval()
 
 
 def load_dit_module(path: Path, dtype: str = "fp32", device: str = "cpu", modulation_bf16: bool | None = None) -> WanDiT:

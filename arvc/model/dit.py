@@ -242,11 +242,17 @@ class WanDiT(nn.Module):
         """Bidirectional attention over all frames (the original Wan forward)."""
         return self.forward_masked(x, t, context, mask=None, frame_offset=frame_offset)
 
-    def forward_masked(self, x, t, context, mask: torch.Tensor | None, frame_offset: int = 0) -> torch.Tensor:
-        """All frames in one call with a token-level boolean mask [N, N] (True = attend)."""
+    def forward_masked(self, x, t, context, mask: torch.Tensor | None, frame_offset: int = 0,
+                       frame_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """All frames in one call with a token-level boolean mask [N, N] (True = attend).
+
+        frame_positions: RoPE position of each latent frame (default frame_offset + 0..F-1); training
+        sequences that hold a frame twice (clean context and its noisy copy) give both the same one."""
         f = x.shape[2] // self.cfg.patch_size[0]
         hw = (x.shape[3] // self.cfg.patch_size[1], x.shape[4] // self.cfg.patch_size[2])
-        rope = self.rope_table(torch.arange(frame_offset, frame_offset + f), hw)
+        if frame_positions is None:
+            frame_positions = torch.arange(frame_offset, frame_offset + f)
+        rope = self.rope_table(frame_positions, hw)
         return self.run(x, t, self.cross_kv(context), FullAttention(rope, mask))
 
     def forward(self, x, t, context):

@@ -238,6 +238,10 @@ class WanVAEDecoder(nn.Module):
         z = z * self.latent_std.to(z.dtype) + self.latent_mean.to(z.dtype)
         return self.decoder(self.conv2(z), stream, first).clamp(-1.0, 1.0)
 
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Differentiable one-shot decode (training); same result as ``decode``."""
+        return self._decode(z, None, first=True)
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Whole video at once: z [B, z, T, h, w] -> [B, 3, 1 + 4 * (T - 1), 8h, 8w] (Wan config)."""

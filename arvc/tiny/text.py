@@ -1,0 +1,66 @@
+"""The tiny model's text encoder: word embeddings + a small transformer, producing a [L, text_dim]
+context the way umT5 does for Wan (one row per word, zero rows after the prompt)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    vocab: tuple[str, ...]
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_len: int = 16
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "vocab": list(self.vocab)})
+
+    @classmethod
+    def from_json(cls, s: str) -> "TextEncoderConfig":
+        d = json.loads(s)
+        return cls(**{**d, "vocab": tuple(d["vocab"])})
+
+
+class TinyTextEncoder(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.index = {w: i for i, w in enumerate(cfg.vocab)}
+        self.embed = nn.Embedding(len(cfg.vocab), cfg.dim)
+        self.pos = nn.Parameter(torch.randn(cfg.max_len, cfg.dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 2 * cfg.dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def tokenize(self, text: str) -> list[int]:
+        words = text.lower().split()
+        unknown = [w for w in words if w not in self.index]
+        if unknown:
+            raise ValueError(f"unknown word(s) {unknown} in prompt {text!r}; the tiny model knows: {' '.join(self.cfg.vocab)}")
+        if not words:
+            raise ValueError("empty prompt")
+        if len(words) > self.cfg.max_len:
+            raise ValueError(f"prompt has {len(words)} words; the tiny text encoder takes at most {self.cfg.max_len}")
+        return [self.index[w] for w in words]
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # ids: [B, max_len] (padding arbitrary), lengths: [B] -> context [B, max_len, dim], zero after each prompt
+        b, n = ids.shape
+        pad = torch.arange(n, device=ids.device)[None, :] >= lengths[:, None]  # [B, L] True = padding
+        h = self.embed(ids) + self.pos[:n]
+        h = self.norm(self.encoder(h, src_key_padding_mask=pad))
+        return h.masked_fill(pad[..., None], 0.0)
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        toks = [self.tokenize(p) for p in prompts]
+        ids = torch.zeros(len(toks), self.cfg.max_len, dtype=torch.long)
+        for i, t in enumerate(toks):
+            ids[i, : len(t)] = torch.tensor(t)
+        lengths = torch.tensor([len(t) for t in toks])
+        return self(ids, lengths)

@@ -1,0 +1,268 @@
+"""Train the tiny causal video generator on procedural videos, from scratch, on a CPU.
+
+    python tools/train_tiny.py                 # every stage: vae -> latents -> dit -> export
+    python tools/train_tiny.py --stage dit     # one stage (resumes from its checkpoint in --work)
+
+Stages (fixed seeds; each writes a checkpoint in --work and resumes from it):
+  vae      the Wan-structured VAE (encoder + decoder, small channels) as a KL autoencoder on clips
+  latents  encode the DiT's training clips with the trained encoder; per-channel latent statistics
+  dit      the causal Wan DiT + tiny text encoder with flow matching under the block-causal mask
+           (teacher forcing: [clean context blocks @ t=0 | noisy blocks @ t_i], one window per sample)
+  export   models/tiny/{model,vae,text_encoder}.safetensors + model.json (runtime defaults)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arvc.checkpoints.load import save_dit
+from arvc.checkpoints.safetensors_io import read_safetensors, write_safetensors_atomic
+from arvc.model.config import Numerics, WanConfig, WanVAEConfig
+from arvc.model.dit import WanDiT
+from arvc.model.vae import WanVAEDecoder
+from arvc.model.vae_encoder import WanVAEEncoder
+from arvc.runtime.kv_cache import CacheGeometry
+from arvc.runtime.schedule import Schedule
+from arvc.tiny import data
+from arvc.tiny.text import TextEncoderConfig, TinyTextEncoder
+
+SIZE = 128
+VAE_CFG = WanVAEConfig(base_dim=6, num_res_blocks=1)
+DIT_CFG = WanConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, text_dim=64, text_len=16, freq_dim=256)
+TEXT_CFG = TextEncoderConfig(vocab=tuple(data.vocabulary()), dim=64, layers=2, heads=4, max_len=16)
+GEOM = CacheGeometry(frames_per_block=3, window=12, sink=3, rope="relative")
+SCHEDULE = Schedule.from_shift(3.0, steps=4)  # t = [1000, 900, 750, 500]
+LATENT_FRAMES = 16  # per training clip (61 video frames)
+
+
+def log(work: Path, msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    with open(work / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def clips(rng: np.random.Generator, n: int, frames: int, size: int, split: str = "train"):
+    specs = [data.sample_spec(rng, split, size) for _ in range(n)]
+    x = np.stack([data.render_clip(s, frames, size) for s in specs])  # [N, T, H, W, 3]
+    x = torch.from_numpy(x).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [N, 3, T, H, W]
+    return x, [data.prompt_of(s) for s in specs]
+
+
+# -- VAE ----------------------------------------------------------------------------------------
+
+def train_vae(work: Path, minutes: float) -> None:
+    torch.manual_seed(0)
+    enc, dec = WanVAEEncoder(VAE_CFG), WanVAEDecoder(VAE_CFG)
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    ck = work / "vae.pt"
+    step = 0
+    if ck.exists():
+        st = torch.load(ck, weights_only=True)
+        enc.load_state_dict(st["enc"]), dec.load_state_dict(st["dec"]), opt.load_state_dict(st["opt"])
+        step = st["step"]
+    rng = np.random.default_rng(1000 + step)
+    # stats are unknown while training: decode raw latents (identity de-normalisation)
+    dec.latent_mean.zero_(), dec.latent_std.fill_(1.0)
+    t_end = time.time() + minutes * 60
+    while time.time() < t_end:
+        # 5 frames -> 2 latents (the first-frame path and one 4-frame chunk), 48x48 crops of 64x64
+        # renders: the conv/attention VAE is resolution-agnostic and CPU time is the budget
+        x, _ = clips(rng, 6, 5, 64)
+        oy, ox = rng.integers(0, 17, 2)
+        x = x[..., oy:oy + 48, ox:ox + 48]
+        mu, logvar = enc.encode(x)
+        logvar = logvar.clamp(-30, 20)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        y = dec(z)
+        recon = (y - x).abs().mean() + (y - x).pow(2).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = recon + 1e-3 * kl
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            psnr = 10 * math.log10(4.0 / max((y - x).pow(2).mean().item(), 1e-12))
+            log(work, f"vae step {step} recon {recon.item():.4f} kl {kl.item():.3f} psnr {psnr:.1f} dB")
+        if step % 100 == 0:
+            torch.save({"enc": enc.state_dict(), "dec": dec.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+    torch.save({"enc": enc.state_dict(), "dec": dec.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+    log(work, f"vae done at step {step}")
+
+
+# -- latents ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_latents(work: Path, n_clips: int) -> None:
+    st = torch.load(work / "vae.pt", weights_only=True)
+    enc = WanVAEEncoder(VAE_CFG).eval()
+    enc.load_state_dict(st["enc"])
+    rng = np.random.default_rng(7)
+    frames = 1 + 4 * (LATENT_FRAMES - 1)
+    lat, prompts = [], []
+    for i in range(0, n_clips, 8):
+        x, p = clips(rng, min(8, n_clips - i), frames, SIZE)
+        lat.append(enc.encode(x)[0])
+        prompts += p
+        if (i // 8) % 10 == 0:
+            log(work, f"encoded {i + len(p)}/{n_clips} clips")
+    z = torch.cat(lat)  # [N, 16, L, 16, 16]
+    mean = z.mean(dim=(0, 2, 3, 4))
+    std = z.std(dim=(0, 2, 3, 4))
+    write_safetensors_atomic(work / "latents.safetensors", {"z": z.contiguous(), "mean": mean, "std": std},
+                             {"prompts": json.dumps(prompts)})
+    log(work, f"latents {tuple(z.shape)} mean {mean.abs().mean():.3f} std {std.mean():.3f}")
+
+
+# -- DiT ----------------------------------------------------------------------------------------
+
+def training_mask(blocks: int, fpb: int, frame_tokens: int) -> torch.Tensor:
+    """[clean blocks | noisy blocks]: clean i sees clean <= i; noisy i sees clean < i and itself."""
+    vis = torch.zeros(2 * blocks, 2 * blocks, dtype=torch.bool)
+    for i in range(blocks):
+        vis[i, : i + 1] = True
+        vis[blocks + i, :i] = True
+        vis[blocks + i, blocks + i] = True
+    tok = fpb * frame_tokens
+    return vis.repeat_interleave(tok, 0).repeat_interleave(tok, 1)
+
+
+def sample_windows(z: torch.Tensor, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """One cache window per clip: the sink frames, then ring frames from a random later offset, as the
+    window looks after evictions (positions are window-relative at inference: sink 0..2, ring 3..11)."""
+    s, ring, length = GEOM.sink, GEOM.ring, z.shape[2]
+    out = []
+    for i in idx:
+        k = s if rng.random() < 0.4 else int(rng.integers(s, length - ring + 1))
+        out.append(torch.cat([z[i, :, :s], z[i, :, k:k + ring]], dim=1))
+    return torch.stack(out)
+
+
+def sample_sigmas(rng: np.random.Generator, n: int) -> torch.Tensor:
+    # mostly the inference schedule's own sigmas, plus shifted-uniform ones for a smooth field
+    sig = np.array(SCHEDULE.sigmas)
+    u = rng.random(n)
+    shifted = 3 * u / (1 + 2 * u)
+    pick = sig[rng.integers(0, len(sig), n)]
+    return torch.tensor(np.where(rng.random(n) < 0.7, pick, shifted), dtype=torch.float32)
+
+
+def train_dit(work: Path, minutes: float, batch: int = 4) -> None:
+    torch.manual_seed(0)
+    tensors, meta = read_safetensors(work / "latents.safetensors")
+    z = (tensors["z"] - tensors["mean"][None, :, None, None, None]) / tensors["std"][None, :, None, None, None]
+    prompts = json.loads(meta["prompts"])
+    dit, text = WanDiT(DIT_CFG), TinyTextEncoder(TEXT_CFG)
+    params = list(dit.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+    ck = work / "dit.pt"
+    step = 0
+    if ck.exists():
+        st = torch.load(ck, weights_only=True)
+        dit.load_state_dict(st["dit"]), text.load_state_dict(st["text"]), opt.load_state_dict(st["opt"])
+        step = st["step"]
+    rng = np.random.default_rng(2000 + step)
+    fpb, window = GEOM.frames_per_block, GEOM.window
+    blocks = window // fpb
+    frame_tokens = (z.shape[3] // 2) * (z.shape[4] // 2)
+    mask = training_mask(blocks, fpb, frame_tokens)
+    pos = torch.arange(window).repeat(2)
+    t_end = time.time() + minutes * 60
+    ema = None
+    while time.time() < t_end:
+        idx = rng.integers(0, z.shape[0], batch)
+        x0 = sample_windows(z, idx, rng)  # [B, 16, 12, h, w]
+        ctx = text.encode([prompts[i] for i in idx])
+        sig = sample_sigmas(rng, batch * blocks).view(batch, blocks)
+        sig_f = sig.repeat_interleave(fpb, dim=1)  # [B, 12] per frame
+        eps = torch.randn_like(x0)
+        s5 = sig_f[:, None, :, None, None]
+        xt = (1 - s5) * x0 + s5 * eps
+        # context noise: generated context is never perfectly clean at inference
+        c_noise = torch.rand(batch, 1, 1, 1, 1) * 0.1
+        clean = x0 + c_noise * torch.randn_like(x0)
+        seq = torch.cat([clean, xt], dim=2)
+        t_frames = torch.cat([torch.zeros(batch, window), 1000 * sig_f], dim=1)
+        v = dit.forward_masked(seq, t_frames, ctx, mask, frame_positions=pos)[:, :, window:]
+        loss = F.mse_loss(v, eps - x0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # warmup, then cosine over the wall-clock budget (CPU time is what the recipe fixes)
+        frac = 1 - max(t_end - time.time(), 0) / (minutes * 60)
+        lr = 5e-4 * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 20 == 0:
+            log(work, f"dit step {step} loss {ema:.4f}")
+        if step % 100 == 0:
+            torch.save({"dit": dit.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+    torch.save({"dit": dit.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+    log(work, f"dit done at step {step}")
+
+
+# -- export -------------------------------------------------------------------------------------
+
+def export(work: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lat, _ = read_safetensors(work / "latents.safetensors")
+    vae_cfg = WanVAEConfig(**{**VAE_CFG.to_dict(), "dim_mult": VAE_CFG.dim_mult,
+                              "temporal_upsample": VAE_CFG.temporal_upsample,
+                              "latent_mean": tuple(lat["mean"].tolist()), "latent_std": tuple(lat["std"].tolist())})
+    vst = torch.load(work / "vae.pt", weights_only=True)
+    dec = WanVAEDecoder(vae_cfg)
+    dec.load_state_dict(vst["dec"])
+    write_safetensors_atomic(out / "vae.safetensors", {k: v.contiguous() for k, v in dec.state_dict().items()},
+                             {"arvc.format": "wan2.1-vae", "arvc.config": json.dumps(vae_cfg.to_dict())})
+    dst = torch.load(work / "dit.pt", weights_only=True)
+    save_dit(out / "model.safetensors", {k: v.half() for k, v in dst["dit"].items()}, DIT_CFG,
+             {"arvc.numerics": json.dumps(Numerics().to_dict()), "arvc.source": "tools/train_tiny.py",
+              "arvc.train_steps": str(dst["step"])})
+    write_safetensors_atomic(out / "text_encoder.safetensors", {k: v.contiguous() for k, v in dst["text"].items()},
+                             {"arvc.format": "arvc-tiny-text", "arvc.config": TEXT_CFG.to_json()})
+    defaults = {"format": "arvc-model-dir", "version": 1, "height": SIZE, "width": SIZE, "fps": 16,
+                "schedule": SCHEDULE.to_dict(), "geometry": GEOM.to_dict(),
+                "text_encoder": "text_encoder.safetensors", "vae": "vae.safetensors", "dit": "model.safetensors"}
+    (out / "model.json").write_text(json.dumps(defaults, indent=2) + "\n")
+    log(work, f"exported to {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", default="all", choices=["all", "vae", "latents", "dit", "export"])
+    ap.add_argument("--work", default="work/tiny")
+    ap.add_argument("--out", default="models/tiny")
+    ap.add_argument("--vae-minutes", type=float, default=15)
+    ap.add_argument("--dit-minutes", type=float, default=45)
+    ap.add_argument("--clips", type=int, default=400)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if args.stage in ("all", "vae"):
+        train_vae(work, args.vae_minutes)
+    if args.stage in ("all", "latents"):
+        encode_latents(work, args.clips)
+    if args.stage in ("all", "dit"):
+        train_dit(work, args.dit_minutes)
+    if args.stage in ("all", "export"):
+        export(work, Path(args.out))
+    log(work, f"stage {args.stage} took {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
