@@ -58,7 +58,7 @@ def clips(rng: np.random.Generator, n: int, frames: int, size: int, split: str =
 
 # -- VAE ----------------------------------------------------------------------------------------
 
-def train_vae(work: Path, minutes: float) -> None:
+def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "long") -> None:
     torch.manual_seed(0)
     enc, dec = WanVAEEncoder(VAE_CFG), WanVAEDecoder(VAE_CFG)
     params = list(enc.parameters()) + list(dec.parameters())
@@ -74,9 +74,14 @@ def train_vae(work: Path, minutes: float) -> None:
     dec.latent_mean.zero_(), dec.latent_std.fill_(1.0)
     t_end = time.time() + minutes * 60
     while time.time() < t_end:
-        # 5 frames -> 2 latents (the first-frame path and one 4-frame chunk), 48x48 crops of 64x64
-        # renders: the conv/attention VAE is resolution-agnostic and CPU time is the budget
-        x, _ = clips(rng, 6, 5, 64)
+        # Phase "short": 5 frames -> 2 latents (the first-frame path and one chunk), cheap, for the
+        # spatial code. Phase "long": 9 or 13 frames -> 3 or 4 latents, adding chunks whose past is a
+        # full chunk (what streaming decode sees forever after). 48x48 crops of 64x64 renders: the
+        # conv/attention VAE is resolution-agnostic and CPU time is the budget.
+        if phase == "short":
+            x, _ = clips(rng, 6, 5, 64)
+        else:
+            x, _ = clips(rng, 4, int(rng.choice([9, 13])), 64)
         oy, ox = rng.integers(0, 17, 2)
         x = x[..., oy:oy + 48, ox:ox + 48]
         mu, logvar = enc.encode(x)
@@ -89,6 +94,9 @@ def train_vae(work: Path, minutes: float) -> None:
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        frac = 1 - max(t_end - time.time(), 0) / (minutes * 60)
+        for g in opt.param_groups:  # cosine to 5 % over this run's wall-clock budget
+            g["lr"] = peak_lr * (0.05 + 0.475 * (1 + math.cos(math.pi * frac)))
         opt.step()
         step += 1
         if step % 20 == 0:
@@ -245,8 +253,9 @@ def main() -> None:
     ap.add_argument("--stage", default="all", choices=["all", "vae", "latents", "dit", "export"])
     ap.add_argument("--work", default="work/tiny")
     ap.add_argument("--out", default="models/tiny")
-    ap.add_argument("--vae-minutes", type=float, default=15)
-    ap.add_argument("--dit-minutes", type=float, default=45)
+    ap.add_argument("--vae-minutes", type=float, default=12)
+    ap.add_argument("--vae-long-minutes", type=float, default=11)
+    ap.add_argument("--dit-minutes", type=float, default=50)
     ap.add_argument("--clips", type=int, default=400)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -254,7 +263,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.stage in ("all", "vae"):
-        train_vae(work, args.vae_minutes)
+        train_vae(work, args.vae_minutes, 1e-3, "short")
+        train_vae(work, args.vae_long_minutes, 5e-4, "long")
     if args.stage in ("all", "latents"):
         encode_latents(work, args.clips)
     if args.stage in ("all", "dit"):
