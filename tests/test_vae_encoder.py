@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arvc.model.config import WanVAEConfig
-from arvc.model.vae import RMS_norm
+from arvc.model.vae import RMS_norm, init_random_weights_
 from arvc.model.vae_encoder import Downsample, WanVAEEncoder
 
 # Z_DIM 16 keeps the default (Wan) latent statistics valid; the channels are tiny.
@@ -17,17 +17,7 @@ H = W = 32  # -> 4 x 4 latents
 
 
 def _init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights that keep activations O(1) (default init shrinks them layer by layer) and
-    non-trivial gammas, so differences between the two encode paths are not hidden by tiny values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 1.5 / m.weight[0].numel() ** 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, RMS_norm):
-                m.gamma.copy_(0.5 + torch.rand(m.gamma.shape, generator=g))
-    return model.eval()
+    return init_random_weights_(model, seed)
 
 
 @pytest.fixture(scope="module")

@@ -291,3 +291,17 @@ class WanVAEDecoder(nn.Module):
                 buf.copy_(value)
         state.first = False
         return x
+
+
+@torch.no_grad()
+def init_random_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights that keep activations O(1) (default init shrinks them layer by layer) and
+    non-trivial gammas (tests, benchmarks); works for the encoder and the decoder."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 1.5 / m.weight[0].numel() ** 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        elif isinstance(m, RMS_norm):
+            m.gamma.copy_(0.5 + torch.rand(m.gamma.shape, generator=g))
+    return model.eval()
