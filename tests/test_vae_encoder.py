@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from arvc.model.config import WanVAEConfig
-from arvc.model.vae import RMS_norm, init_random_weights_
+from arvc.model.vae import init_random_weights_
 from arvc.model.vae_encoder import Downsample, WanVAEEncoder
 
 # Z_DIM 16 keeps the default (Wan) latent statistics valid; the channels are tiny.
