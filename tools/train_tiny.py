@@ -56,6 +56,21 @@ def clips(rng: np.random.Generator, n: int, frames: int, size: int, split: str =
     return x, [data.prompt_of(s) for s in specs]
 
 
+def resume(ck: Path, modules: dict, opt) -> int:
+    """Load a stage's checkpoint if there is one; returns the step to continue from."""
+    if not ck.exists():
+        return 0
+    st = torch.load(ck, weights_only=True)
+    for name, m in modules.items():
+        m.load_state_dict(st[name])
+    opt.load_state_dict(st["opt"])
+    return st["step"]
+
+
+def checkpoint(ck: Path, modules: dict, opt, step: int) -> None:
+    torch.save({**{n: m.state_dict() for n, m in modules.items()}, "opt": opt.state_dict(), "step": step}, ck)
+
+
 # -- VAE ----------------------------------------------------------------------------------------
 
 def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "long") -> None:
@@ -63,12 +78,8 @@ def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "l
     enc, dec = WanVAEEncoder(VAE_CFG), WanVAEDecoder(VAE_CFG)
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    ck = work / "vae.pt"
-    step = 0
-    if ck.exists():
-        st = torch.load(ck, weights_only=True)
-        enc.load_state_dict(st["enc"]), dec.load_state_dict(st["dec"]), opt.load_state_dict(st["opt"])
-        step = st["step"]
+    ck, modules = work / "vae.pt", {"enc": enc, "dec": dec}
+    step = resume(ck, modules, opt)
     rng = np.random.default_rng(1000 + step)
     # stats are unknown while training: decode raw latents (identity de-normalisation)
     dec.latent_mean.zero_(), dec.latent_std.fill_(1.0)
@@ -103,8 +114,8 @@ def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "l
             psnr = 10 * math.log10(4.0 / max((y - x).pow(2).mean().item(), 1e-12))
             log(work, f"vae step {step} recon {recon.item():.4f} kl {kl.item():.3f} psnr {psnr:.1f} dB")
         if step % 100 == 0:
-            torch.save({"enc": enc.state_dict(), "dec": dec.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
-    torch.save({"enc": enc.state_dict(), "dec": dec.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            checkpoint(ck, modules, opt, step)
+    checkpoint(ck, modules, opt, step)
     log(work, f"vae done at step {step}")
 
 
@@ -173,12 +184,8 @@ def train_dit(work: Path, minutes: float, batch: int = 4) -> None:
     dit, text = WanDiT(DIT_CFG), TinyTextEncoder(TEXT_CFG)
     params = list(dit.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
-    ck = work / "dit.pt"
-    step = 0
-    if ck.exists():
-        st = torch.load(ck, weights_only=True)
-        dit.load_state_dict(st["dit"]), text.load_state_dict(st["text"]), opt.load_state_dict(st["opt"])
-        step = st["step"]
+    ck, modules = work / "dit.pt", {"dit": dit, "text": text}
+    step = resume(ck, modules, opt)
     rng = np.random.default_rng(2000 + step)
     fpb, window = GEOM.frames_per_block, GEOM.window
     blocks = window // fpb
@@ -217,8 +224,8 @@ def train_dit(work: Path, minutes: float, batch: int = 4) -> None:
         if step % 20 == 0:
             log(work, f"dit step {step} loss {ema:.4f}")
         if step % 100 == 0:
-            torch.save({"dit": dit.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
-    torch.save({"dit": dit.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            checkpoint(ck, modules, opt, step)
+    checkpoint(ck, modules, opt, step)
     log(work, f"dit done at step {step}")
 
 
