@@ -106,6 +106,15 @@ def test_sample_spec_respects_splits():
     assert a[0] == a[1]
 
 
+def test_canonical_specs_are_determined_by_the_prompt_and_speed_range_is_honoured():
+    rng = np.random.default_rng(1)
+    canon = [D.sample_spec(rng, "train", 96, canonical=True) for _ in range(50)]
+    assert {(s.x0, s.y0, s.speed) for s in canon} == {(48.0, 48.0, D.CANONICAL_SPEED)}
+    assert len({s.triple for s in canon}) > 20  # the prompt still varies
+    fast = [D.sample_spec(rng, "train", speed_range=(4.0, 8.0)) for _ in range(200)]
+    assert all(4.0 <= s.speed <= 8.0 for s in fast) and max(s.speed for s in fast) > 7.5
+
+
 def test_make_dataset():
     frames, prompts, specs = D.make_dataset(6, 5, seed=3, split="heldout", size=64)
     assert frames.shape == (6, 5, 64, 64, 3) and frames.dtype == np.uint8

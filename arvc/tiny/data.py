@@ -68,6 +68,7 @@ SHAPE_AREAS: dict[str, float] = {  # analytic areas, px^2 at size 128
 }
 
 SPEED_RANGE = (1.5, 2.5)  # px / frame
+CANONICAL_SPEED = 2.0  # px / frame; the generator's training clips (see sample_spec)
 SUPERSAMPLE = 4  # 4x4 sub-samples per pixel -> coverage in sixteenths
 SUBPIXEL = 8  # the centre is quantised to 1/8 px (one precomputed coverage patch per sub-position)
 _PATCH_RADIUS = 18  # patch is (2R+1)^2 pixels; the triangle apex reaches 16 px + sub-pixel offset
@@ -186,14 +187,18 @@ def triples_of(split: str) -> tuple[tuple[str, str, str], ...]:
     raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def sample_spec(rng: np.random.Generator, split: str = "train", size: int = 128) -> ClipSpec:
+def sample_spec(rng: np.random.Generator, split: str = "train", size: int = 128,
+                canonical: bool = False, speed_range: tuple[float, float] = SPEED_RANGE) -> ClipSpec:
     """Uniform over the split's (color, shape, direction) triples and the backgrounds; start centre
-    uniform in [0, size)^2; speed uniform in SPEED_RANGE."""
+    uniform in [0, size)^2 and speed uniform in ``speed_range``, or (``canonical``) the frame centre
+    and CANONICAL_SPEED, so that the prompt alone determines the clip."""
     triples = triples_of(split)
     color, shape, direction = triples[int(rng.integers(len(triples)))]
     background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    if canonical:
+        return ClipSpec(color, shape, direction, background, size / 2, size / 2, CANONICAL_SPEED)
     x0, y0 = (float(v) for v in rng.uniform(0.0, size, size=2))
-    speed = float(rng.uniform(*SPEED_RANGE))
+    speed = float(rng.uniform(*speed_range))
     return ClipSpec(color, shape, direction, background, x0, y0, speed)
 
 
