@@ -51,6 +51,7 @@ SCHEDULE = Schedule.from_shift(3.0, steps=4)  # t = [1000, 900, 750, 500]
 VAE_PHASES = (("short", 8, 1e-3), ("long", 10, 5e-4), ("focus", 5, 3e-4), ("stream", 10, 3e-4))
 VAE_SPEEDS = (1.5, 4.0)  # px / frame
 LATENT_FRAMES = 16  # per training clip (61 video frames)
+CLIP_FRAMES = 1 + 4 * (LATENT_FRAMES - 1)
 
 
 def log(work: Path, msg: str) -> None:
@@ -68,7 +69,8 @@ def clips(rng: np.random.Generator, n: int, frames: int, size: int, canonical: b
           speed_range: tuple[float, float] = data.SPEED_RANGE, recolour: float = 0.0):
     """``recolour``: probability that a clip's object changes colour at a random chunk boundary
     (frame 4k+1). A VAE trained without it copies the colour forward from the first latent through
-    its causal state and leaves it out of every later latent (a latent-swap probe shows it)."""
+    its causal state and leaves it out of every later latent (vae_report's colour_in_later_latents).
+    The prompts returned name each clip's first colour."""
     specs = [data.sample_spec(rng, "train", size, canonical, speed_range) for _ in range(n)]
     x = np.stack([data.render_clip(s, frames, size) for s in specs])  # [N, T, H, W, 3]
     chunks = (frames - 1) // 4
@@ -194,12 +196,19 @@ def vae_report(work: Path) -> dict:
     for i, (color, bg) in enumerate(itertools.product(data.COLORS, data.BACKGROUNDS)):
         spec = data.ClipSpec(color, data.SHAPES[i % 3], list(data.DIRECTIONS)[i % 4], bg,
                              SIZE / 2, SIZE / 2, data.CANONICAL_SPEED)
-        x = to_tensor(data.render_clip(spec, 61, SIZE)[None])
+        x = to_tensor(data.render_clip(spec, CLIP_FRAMES, SIZE)[None])
         y = dec(enc.encode(x)[0]).clamp(-1, 1)
         psnr.append(10 * math.log10(4.0 / (y - x).pow(2).mean().item()))
         frames = ((y[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
         results.append(judge_frames(frames, data.prompt_of(spec)))
+    # Same motion, two colours: how far apart are their latents after the first one, relative to the
+    # first? Near 0 means later latents leave colour to the decoder's conv state (the failure above).
+    pair = [enc.encode(to_tensor(data.render_clip(data.ClipSpec(c, "square", "right", "black", 40.0, SIZE / 2,
+                                                                data.CANONICAL_SPEED), 25, SIZE)[None]))[0]
+            for c in ("magenta", "cyan")]
+    dist = (pair[0] - pair[1]).pow(2).sum(dim=(0, 1, 3, 4)).sqrt()  # per latent frame
     summary = {**judge_many(results), "mean_psnr_db": round(float(np.mean(psnr)), 2),
+               "colour_in_later_latents": round((dist[1:].mean() / dist[0]).item(), 2),
                "color_misses": [f"{r['expected']['color']} on {r['expected']['background']} -> {r['color']}"
                                 for r in results if not r["color_match"]]}
     log(work, f"vae reconstructions: {json.dumps(summary)}")
@@ -217,10 +226,9 @@ def encode_latents(work: Path, n_clips: int) -> None:
     enc = WanVAEEncoder(VAE_CFG).eval()
     enc.load_state_dict(st["enc"])
     rng = np.random.default_rng(7)
-    frames = 1 + 4 * (LATENT_FRAMES - 1)
     lat, cover, prompts = [], [], []
     for i in range(0, n_clips, 8):
-        x, p = clips(rng, min(8, n_clips - i), frames, SIZE, canonical=True)
+        x, p = clips(rng, min(8, n_clips - i), CLIP_FRAMES, SIZE, canonical=True)
         lat.append(enc.encode(x)[0])
         cover.append(latent_object_cover(x))
         prompts += p
@@ -238,11 +246,10 @@ def encode_latents(work: Path, n_clips: int) -> None:
 def latent_object_cover(x: torch.Tensor) -> torch.Tensor:
     """[N, 1, L, h, w]: fraction of each latent pixel's 8x8 footprint the object covers in any of the
     video frames that latent frame decodes to (frame 0 alone, then groups of 4)."""
-    obj = (object_weight(x, 1.0) - 1.0)[:, :, 1:]  # [N, 1, T-1, H, W]
-    first = (object_weight(x[:, :, :1], 1.0) - 1.0)
+    obj = object_weight(x, 1.0) - 1.0  # [N, 1, T, H, W] in {0, 1}
     n, _, t, h, w = obj.shape
-    rest = obj.view(n, 1, t // 4, 4, h, w).amax(dim=3)
-    return F.avg_pool3d(torch.cat([first, rest], dim=2), (1, 8, 8))
+    rest = obj[:, :, 1:].reshape(n, 1, (t - 1) // 4, 4, h, w).amax(dim=3)
+    return F.avg_pool3d(torch.cat([obj[:, :, :1], rest], dim=2), (1, 8, 8))
 
 
 # -- DiT ----------------------------------------------------------------------------------------
