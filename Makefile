@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]' torch==2.13.0
 	touch $(STAMP)
 
+DEMO_PROMPT := a red circle moving right on a dark blue background
+
 demo: install
-	$(BIN)/python tools/make_demo_checkpoint.py --out out/demo
-	$(BIN)/arvc run out/demo --prompt-embeds out/demo/prompt.safetensors \
-		--seconds 4 --seed 0 --height 128 --width 128 -o out/demo.mp4
+	$(BIN)/arvc run models/tiny --prompt "$(DEMO_PROMPT)" --seconds 10 --seed 0 -o out/demo.mp4
+	$(BIN)/arvc judge out/demo.mp4 --prompt "$(DEMO_PROMPT)"
 
 test: install
 	$(BIN)/python -m pytest -q

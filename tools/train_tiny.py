@@ -47,8 +47,16 @@ DIT_CFG = WanConfig(dim=256, ffn_dim=768, num_heads=4, num_layers=4, text_dim=64
 TEXT_CFG = TextEncoderConfig(vocab=tuple(data.vocabulary()), dim=64, layers=2, heads=4, max_len=16)
 GEOM = CacheGeometry(frames_per_block=3, window=12, sink=3, rope="relative")
 SCHEDULE = Schedule.from_shift(3.0, steps=4)  # t = [1000, 900, 750, 500]
-# (phase, wall-clock minutes, peak lr): see train_vae for what each phase trains.
-VAE_PHASES = (("short", 8, 1e-3), ("long", 10, 5e-4), ("focus", 5, 3e-4), ("stream", 10, 3e-4))
+# (phase, wall-clock minutes, peak lr, KL weight): see train_vae for what each phase trains.
+# After the first four phases the encoder drops the object's green channel: red/orange/yellow (and
+# green/blue/cyan) sit 0.3-2 apart in latent space (white vs green: 23.5), the decoder draws their
+# average and the judge reads red as orange. Neither a lower KL weight nor a loss tying latent
+# channels 0-2 to the RGB thumbnail separated them in 5-8 min (blue and cyan kept the same latent).
+# So from the "colour" phase on, channels 0-2 *are* the thumbnail (see encode): the training
+# encoder is ours to define (only the Wan-structured decoder ships), and the decoder and the DiT
+# get the colour without the encoder having to learn it.
+VAE_PHASES = (("short", 8, 1e-3, 1e-3), ("long", 10, 5e-4, 1e-3), ("focus", 5, 3e-4, 1e-3),
+              ("stream", 10, 3e-4, 1e-3), ("colour", 10, 3e-4, 1e-5))
 VAE_SPEEDS = (1.5, 4.0)  # px / frame
 LATENT_FRAMES = 16  # per training clip (61 video frames)
 CLIP_FRAMES = 1 + 4 * (LATENT_FRAMES - 1)
@@ -106,6 +114,16 @@ def object_weight(x: torch.Tensor, boost: float) -> torch.Tensor:
     return 1.0 + boost * obj
 
 
+def encode(enc: WanVAEEncoder, x: torch.Tensor, with_thumbnail: bool = True):
+    """The training encoder: Wan's encoder, with latent channels 0-2 replaced by the RGB thumbnail
+    (see VAE_PHASES; nearly noise-free, sigma 0.03) once the "colour" phase has started."""
+    mu, logvar = enc.encode(x)
+    if not with_thumbnail:
+        return mu, logvar
+    return (torch.cat([thumbnail(x), mu[:, 3:]], dim=1),
+            torch.cat([torch.full_like(logvar[:, :3], -7.0), logvar[:, 3:]], dim=1))
+
+
 def resume(ck: Path, modules: dict, opt) -> tuple[int, float]:
     """Load a stage's checkpoint if there is one; returns (step, training seconds already spent), so
     an interrupted stage continues the same wall-clock schedule instead of restarting it."""
@@ -127,7 +145,7 @@ def checkpoint(ck: Path, modules: dict, opt, step: int, elapsed_s: float = 0.0) 
 
 # -- VAE ----------------------------------------------------------------------------------------
 
-def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "long") -> None:
+def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "long", kl_weight: float = 1e-3) -> None:
     torch.manual_seed(0)
     enc, dec = WanVAEEncoder(VAE_CFG), WanVAEDecoder(VAE_CFG)
     params = list(enc.parameters()) + list(dec.parameters())
@@ -152,21 +170,22 @@ def train_vae(work: Path, minutes: float, peak_lr: float = 1e-3, phase: str = "l
             x, _ = clips(rng, 6, 5, 64, speed_range=VAE_SPEEDS, recolour=0.5)
         elif phase == "long":
             x, _ = clips(rng, 4, int(rng.choice([9, 13])), 64, speed_range=VAE_SPEEDS, recolour=0.5)
-        elif phase == "focus":
+        elif phase == "focus" or (phase == "colour" and step % 2 == 0):
             x = object_crops(rng, 4, int(rng.choice([9, 13])))
-        else:  # "stream": 8-10 latents, so the causal conv state is trained past what short clips reach
+        else:  # "stream" (and odd "colour" steps): 8-10 latents, training the causal conv state past
+            # what short clips reach
             x, _ = clips(rng, 2, int(rng.choice([33, 41])), 64, speed_range=VAE_SPEEDS, recolour=0.5)
         if phase in ("short", "long"):
             oy, ox = rng.integers(0, 17, 2)
             x = x[..., oy:oy + 48, ox:ox + 48]
-        w = object_weight(x, {"focus": 9.0, "stream": 4.0}.get(phase, 0.0))
-        mu, logvar = enc.encode(x)
+        w = object_weight(x, {"focus": 9.0, "stream": 4.0, "colour": 9.0}.get(phase, 0.0))
+        mu, logvar = encode(enc, x, with_thumbnail=phase == "colour")
         logvar = logvar.clamp(-30, 20)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         y = dec(z)
         recon = (w * ((y - x).abs() + (y - x).pow(2))).mean() / w.mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = recon + 1e-3 * kl
+        loss = recon + kl_weight * kl
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -197,13 +216,13 @@ def vae_report(work: Path) -> dict:
         spec = data.ClipSpec(color, data.SHAPES[i % 3], list(data.DIRECTIONS)[i % 4], bg,
                              SIZE / 2, SIZE / 2, data.CANONICAL_SPEED)
         x = to_tensor(data.render_clip(spec, CLIP_FRAMES, SIZE)[None])
-        y = dec(enc.encode(x)[0]).clamp(-1, 1)
+        y = dec(encode(enc, x)[0]).clamp(-1, 1)
         psnr.append(10 * math.log10(4.0 / (y - x).pow(2).mean().item()))
         frames = ((y[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
         results.append(judge_frames(frames, data.prompt_of(spec)))
     # Same motion, two colours: how far apart are their latents after the first one, relative to the
     # first? Near 0 means later latents leave colour to the decoder's conv state (the failure above).
-    pair = [enc.encode(to_tensor(data.render_clip(data.ClipSpec(c, "square", "right", "black", 40.0, SIZE / 2,
+    pair = [encode(enc, to_tensor(data.render_clip(data.ClipSpec(c, "square", "right", "black", 40.0, SIZE / 2,
                                                                 data.CANONICAL_SPEED), 25, SIZE)[None]))[0]
             for c in ("magenta", "cyan")]
     dist = (pair[0] - pair[1]).pow(2).sum(dim=(0, 1, 3, 4)).sqrt()  # per latent frame
@@ -229,7 +248,7 @@ def encode_latents(work: Path, n_clips: int) -> None:
     lat, cover, prompts = [], [], []
     for i in range(0, n_clips, 8):
         x, p = clips(rng, min(8, n_clips - i), CLIP_FRAMES, SIZE, canonical=True)
-        lat.append(enc.encode(x)[0])
+        lat.append(encode(enc, x)[0])
         cover.append(latent_object_cover(x))
         prompts += p
         if (i // 8) % 10 == 0:
@@ -243,13 +262,23 @@ def encode_latents(work: Path, n_clips: int) -> None:
     log(work, f"latents {tuple(z.shape)} mean {mean.abs().mean():.3f} std {std.mean():.3f}")
 
 
+def latent_frames(x: torch.Tensor, reduce) -> torch.Tensor:
+    """[N, C, T, H, W] video -> [N, C, L, H, W]: frame 0 alone, then each group of 4 frames reduced
+    (the frames one latent frame decodes to)."""
+    n, c, t, h, w = x.shape
+    return torch.cat([x[:, :, :1], reduce(x[:, :, 1:].reshape(n, c, (t - 1) // 4, 4, h, w), 3)], dim=2)
+
+
+def thumbnail(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, L, H/8, W/8]: mean RGB of each latent pixel's footprint."""
+    return F.avg_pool3d(latent_frames(x, torch.mean), (1, 8, 8))
+
+
 def latent_object_cover(x: torch.Tensor) -> torch.Tensor:
     """[N, 1, L, h, w]: fraction of each latent pixel's 8x8 footprint the object covers in any of the
     video frames that latent frame decodes to (frame 0 alone, then groups of 4)."""
     obj = object_weight(x, 1.0) - 1.0  # [N, 1, T, H, W] in {0, 1}
-    n, _, t, h, w = obj.shape
-    rest = obj[:, :, 1:].reshape(n, 1, (t - 1) // 4, 4, h, w).amax(dim=3)
-    return F.avg_pool3d(torch.cat([obj[:, :, :1], rest], dim=2), (1, 8, 8))
+    return F.avg_pool3d(latent_frames(obj, lambda v, d: v.amax(dim=d)), (1, 8, 8))
 
 
 # -- DiT ----------------------------------------------------------------------------------------
@@ -384,7 +413,7 @@ def main() -> None:
     ap.add_argument("--out", default="models/tiny")
     ap.add_argument("--vae-from-phase", type=int, default=0,
                     help="skip the first N VAE phases (continue vae.pt after an interruption)")
-    ap.add_argument("--dit-minutes", type=float, default=48)
+    ap.add_argument("--dit-minutes", type=float, default=40)
     ap.add_argument("--clips", type=int, default=400)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -392,8 +421,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.stage in ("all", "vae"):
-        for phase, minutes, lr in VAE_PHASES[args.vae_from_phase:]:
-            train_vae(work, minutes, lr, phase)
+        for phase, minutes, lr, kl_weight in VAE_PHASES[args.vae_from_phase:]:
+            train_vae(work, minutes, lr, phase, kl_weight)
         vae_report(work)
     if args.stage == "vae-report":
         vae_report(work)
