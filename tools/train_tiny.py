@@ -413,7 +413,7 @@ def main() -> None:
     ap.add_argument("--out", default="models/tiny")
     ap.add_argument("--vae-from-phase", type=int, default=0,
                     help="skip the first N VAE phases (continue vae.pt after an interruption)")
-    ap.add_argument("--dit-minutes", type=float, default=40)
+    ap.add_argument("--dit-minutes", type=float, default=30)
     ap.add_argument("--clips", type=int, default=400)
     args = ap.parse_args()
     torch.set_num_threads(2)
