@@ -1,4 +1,4 @@
-"""The shipped tiny model (models/tiny): its files, and that it draws what the prompt says."""
+"""The shipped tiny model (models/tiny): its files, its runtime path, and its vocabulary errors."""
 import json
 from pathlib import Path
 
