@@ -1,8 +1,13 @@
-"""The causal block loop (Self-Forcing; LongLive uses the same loop) on the PyTorch reference.
+"""The causal block loop (Self-Forcing; LongLive uses the same loop), once for every backend.
 
 Per block of ``frames_per_block`` latent frames: start from noise; for each t of the schedule run the
 DiT, take x0 = x_t - sigma v and re-noise to the next sigma with FRESH noise; after the last step run
 the DiT once more on the clean x0 at t = 0 only to write the block's K/V into the cache.
+
+``CausalLoop`` owns that arithmetic, the seeded noise, the clean-latent history and the prompt-switch
+re-cache; a backend supplies three hooks (set the prompt, one DiT call returning x0, forget cache
+slots). ``CausalGenerator`` is the PyTorch reference; the plan runtime implements the same hooks on
+its compiled graphs, so both run the identical loop.
 """
 from __future__ import annotations
 
@@ -15,62 +20,58 @@ from .noise import block_noise
 from .schedule import Schedule
 
 
-class CausalGenerator:
-    def __init__(self, model: WanDiT, geom: CacheGeometry, schedule: Schedule, latent_hw: tuple[int, int],
-                 seed: int = 0, batch: int = 1, device="cpu", recache_sink: bool = False):
-        cfg = model.cfg
-        ph, pw = cfg.patch_size[1:]
-        if latent_hw[0] % ph or latent_hw[1] % pw:
-            raise ValueError(f"latent size {latent_hw} must be divisible by the patch size {(ph, pw)}")
-        self.model, self.geom, self.schedule = model, geom, schedule
-        self.latent_hw, self.seed, self.batch, self.device = latent_hw, seed, batch, device
+class CausalLoop:
+    def __init__(self, geom: CacheGeometry, schedule: Schedule, block_shape: tuple[int, ...], seed: int = 0,
+                 device="cpu", recache_sink: bool = False):
+        # block_shape: [B, C, frames_per_block, h, w]
+        self.geom, self.schedule, self.seed, self.device = geom, schedule, seed, device
         self.recache_sink = recache_sink
-        self.cache = KVCache.for_model(model, geom, (latent_hw[0] // ph, latent_hw[1] // pw), batch, device)
+        self._block_shape = tuple(block_shape)
         self.block_index = 0
-        self.cross_kv: list | None = None
+        self.has_prompt = False
+        b, c, _, h, w = block_shape
         # clean latents of the frames a prompt switch may re-run; bounded by the cache capacity
-        self.history = torch.zeros(batch, cfg.in_channels, geom.capacity_frames, *latent_hw, device=device)
+        self.history = torch.zeros(b, c, geom.capacity_frames, h, w, device=device)
 
+    # -- backend hooks ----------------------------------------------------------------------------
+    def _set_context(self, context) -> None:
+        raise NotImplementedError
+
+    def _denoise(self, x: torch.Tensor, t: float, frame_start: int) -> torch.Tensor:
+        """One DiT call at timestep t on frames starting at ``frame_start``; writes their K/V; returns x0."""
+        raise NotImplementedError
+
+    def _reset_cache(self, first_frame: int, keep_sink: bool) -> None:
+        raise NotImplementedError
+
+    # -- the loop ---------------------------------------------------------------------------------
     @property
     def frames_done(self) -> int:
         return self.block_index * self.geom.frames_per_block
 
     def block_shape(self, frames: int | None = None) -> tuple[int, ...]:
-        f = frames or self.geom.frames_per_block
-        return (self.batch, self.model.cfg.in_channels, f, *self.latent_hw)
+        b, c, f, h, w = self._block_shape
+        return (b, c, frames or f, h, w)
 
-    @torch.no_grad()
-    def set_prompt(self, context: torch.Tensor) -> None:
-        """context: [B, L, text_dim] prompt embeddings (zero rows after the prompt)."""
-        cfg = self.model.cfg
-        if context.dim() == 2:
-            context = context[None].expand(self.batch, -1, -1)
-        if context.shape[-1] != cfg.text_dim:
-            raise ValueError(f"prompt embeddings have width {context.shape[-1]}, the model expects {cfg.text_dim}")
-        self.cross_kv = self.model.cross_kv(context.to(self.device))
-
-    @torch.no_grad()
-    def dit_call(self, x: torch.Tensor, t: float, frame_start: int) -> torch.Tensor:
-        if self.cross_kv is None:
-            raise RuntimeError("set_prompt() must be called before generating")
-        self.cache.begin_call(frame_start, x.shape[2])
-        tt = torch.full((x.shape[0],), float(t), dtype=torch.float64)
-        return self.model.run(x, tt, self.cross_kv, self.cache)
+    def set_prompt(self, context) -> None:
+        self._set_context(context)
+        self.has_prompt = True
 
     @torch.no_grad()
     def next_block(self) -> torch.Tensor:
         """Generate the next block; returns its clean latents x0 [B, C, F, h, w] (fp32)."""
+        if not self.has_prompt:
+            raise RuntimeError("set_prompt() must be called before generating")
         b, f0 = self.block_index, self.frames_done
         shape = self.block_shape()
         x = block_noise(self.seed, b, 0, shape, self.device)
         sigmas = self.schedule.sigmas
-        for i, (t, sigma) in enumerate(zip(self.schedule.timesteps, sigmas)):
-            v = self.dit_call(x, t, f0)
-            x0 = velocity_to_x0(x, v, sigma)
+        for i, t in enumerate(self.schedule.timesteps):
+            x0 = self._denoise(x, t, f0)
             if i + 1 < len(sigmas):
                 s = sigmas[i + 1]
                 x = (1 - s) * x0 + s * block_noise(self.seed, b, i + 1, shape, self.device)
-        self.dit_call(x0, 0.0, f0)  # cache call: output discarded, K/V written
+        self._denoise(x0, 0.0, f0)  # cache call: output discarded, K/V written
         self._remember(x0, f0)
         self.block_index += 1
         return x0
@@ -81,7 +82,7 @@ class CausalGenerator:
             self.history[:, :, (f0 + i) % cap].copy_(x0[:, :, i])
 
     @torch.no_grad()
-    def switch_prompt(self, context: torch.Tensor) -> list[int]:
+    def switch_prompt(self, context) -> list[int]:
         """LongLive KV re-cache: new cross-attention K/V, then re-run the last min(window, frames so far)
         clean frames at t = 0 under the new prompt (sink kept unless recache_sink). Returns the frames re-run."""
         self.set_prompt(context)
@@ -92,12 +93,53 @@ class CausalGenerator:
         keep_sink = g.window > 0 and not self.recache_sink
         if keep_sink:
             start = max(start, g.sink)
-        self.cache.reset_for_recache(start, keep_sink)
+        self._reset_cache(start, keep_sink)
         cap, fpb = self.history.shape[2], g.frames_per_block
         f = start
         while f < cur:
             end = min(cur, (f // fpb + 1) * fpb)  # stay on block boundaries
             x0 = torch.stack([self.history[:, :, i % cap] for i in range(f, end)], dim=2)
-            self.dit_call(x0, 0.0, f)
+            self._denoise(x0, 0.0, f)
             f = end
         return list(range(start, cur))
+
+
+class CausalGenerator(CausalLoop):
+    """The loop on the PyTorch reference DiT."""
+
+    def __init__(self, model: WanDiT, geom: CacheGeometry, schedule: Schedule, latent_hw: tuple[int, int],
+                 seed: int = 0, batch: int = 1, device="cpu", recache_sink: bool = False):
+        cfg = model.cfg
+        ph, pw = cfg.patch_size[1:]
+        if latent_hw[0] % ph or latent_hw[1] % pw:
+            raise ValueError(f"latent size {latent_hw} must be divisible by the patch size {(ph, pw)}")
+        super().__init__(geom, schedule, (batch, cfg.in_channels, geom.frames_per_block, *latent_hw), seed, device,
+                         recache_sink)
+        self.model, self.latent_hw, self.batch = model, latent_hw, batch
+        self.cache = KVCache.for_model(model, geom, (latent_hw[0] // ph, latent_hw[1] // pw), batch, device)
+        self.cross_kv: list | None = None
+
+    @torch.no_grad()
+    def _set_context(self, context: torch.Tensor) -> None:
+        """context: [B, L, text_dim] prompt embeddings (zero rows after the prompt)."""
+        cfg = self.model.cfg
+        if context.dim() == 2:
+            context = context[None].expand(self.batch, -1, -1)
+        if context.shape[-1] != cfg.text_dim:
+            raise ValueError(f"prompt embeddings have width {context.shape[-1]}, the model expects {cfg.text_dim}")
+        self.cross_kv = self.model.cross_kv(context.to(self.device))
+
+    @torch.no_grad()
+    def dit_call(self, x: torch.Tensor, t: float, frame_start: int) -> torch.Tensor:
+        """One reference DiT call; returns the flow prediction v."""
+        if self.cross_kv is None:
+            raise RuntimeError("set_prompt() must be called before generating")
+        self.cache.begin_call(frame_start, x.shape[2])
+        tt = torch.full((x.shape[0],), float(t), dtype=torch.float64)
+        return self.model.run(x, tt, self.cross_kv, self.cache)
+
+    def _denoise(self, x, t, frame_start):
+        return velocity_to_x0(x, self.dit_call(x, t, frame_start), t / 1000.0)
+
+    def _reset_cache(self, first_frame, keep_sink):
+        self.cache.reset_for_recache(first_frame, keep_sink)

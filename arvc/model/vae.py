@@ -119,7 +119,8 @@ class AttentionBlock(nn.Module):
         y = self.norm(x.transpose(1, 2).reshape(b * t, c, h, w))
         # to_qkv channels are [q | k | v], C each.
         q, k, v = self.to_qkv(y).reshape(b * t, 3, c, h * w).transpose(-1, -2).unbind(1)  # [B*T, HW, C]
-        y = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C)
+        # one head: [B*T, 1, HW, C] (the 4D form every exporter lowers); scale 1/sqrt(C)
+        y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         y = self.proj(y.transpose(-1, -2).reshape(b * t, c, h, w))
         return x + y.reshape(b, t, c, h, w).transpose(1, 2)
 

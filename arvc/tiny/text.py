@@ -54,7 +54,10 @@ class TinyTextEncoder(nn.Module):
         b, n = ids.shape
         pad = torch.arange(n, device=ids.device)[None, :] >= lengths[:, None]  # [B, L] True = padding
         h = self.embed(ids) + self.pos[:n]
-        h = self.norm(self.encoder(h, src_key_padding_mask=pad))
+        # padding as a full [B*heads, L, L] mask (True = blocked), the same keys a key-padding mask blocks:
+        # exporters lower it to a 4D attention mask, which ONNX Runtime's Attention requires
+        full = pad[:, None, :].expand(b, n, n).repeat_interleave(self.cfg.heads, dim=0)
+        h = self.norm(self.encoder(h, mask=full))
         return h.masked_fill(pad[..., None], 0.0)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:

@@ -1,0 +1,217 @@
+"""`arvc compile`: checkpoint -> plan.
+
+Stages: load + validate -> write weights -> export graphs (onnx.checker) -> open with the target
+backend -> parity gate against the PyTorch reference -> seal the manifest -> rename into place.
+Everything is built in a temporary directory beside the target; the target path only ever holds a
+complete, verified plan (or whatever was there before).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from arvc import __version__
+from arvc.runtime.kv_cache import CacheGeometry
+from arvc.runtime.plan import FORMAT, MANIFEST, SCHEMA_VERSION, seal_manifest, sha256_file
+from arvc.runtime.schedule import Schedule
+
+from .recipe import DEFAULT_MIN_PSNR, Recipe, recipe_for
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class CompileError(RuntimeError):
+    """The compiler refused to write a plan; the message says why and which stage."""
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    geometry: CacheGeometry
+    schedule: Schedule
+    height: int
+    width: int
+    fps: int = 16
+    precision: str = "fp32"
+    target: str = "cpu"
+    min_psnr: float | None = None
+    verify_blocks: int | None = None
+    seed: int = 0
+    force: bool = False
+
+
+def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int) -> dict:
+    n = geom.frames_per_block * tokens_per_frame
+    nk = geom.capacity_frames * tokens_per_frame
+    kv = 2 * cfg.num_layers * nk * cfg.dim * 4
+    # peak live activations of one dit call (fp32): residual + a few [N, dim] temporaries, the FFN
+    # hidden layer, and the attention probabilities of one layer over the cache
+    act = 4 * (6 * n * cfg.dim + n * cfg.ffn_dim + cfg.num_heads * n * nk + 2 * nk * cfg.dim)
+    return {"kv_cache_bytes": kv, "dit_activation_bytes_estimate": act}
+
+
+def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOptions,
+                 log: Callable[[str], None] = print) -> dict:
+    from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module, resolve_checkpoint
+
+    output = Path(output)
+    if output.exists() and not opts.force:
+        raise CompileError(f"{output} already exists; pass --force to replace it (the old plan stays until the new one passes)")
+    recipe = recipe_for(opts.precision, opts.target)
+    if opts.target != "cpu":
+        raise CompileError(f"--target {opts.target}: only 'cpu' (ONNX Runtime) is built by this arvc")
+    t_all = time.perf_counter()
+
+    def step(name: str, t0: float) -> float:
+        log(f"  {name:<34} {time.perf_counter() - t0:6.1f} s")
+        return time.perf_counter()
+
+    t0 = time.perf_counter()
+    files = resolve_checkpoint(checkpoint)
+    if files.vae is None:
+        raise CompileError(f"{checkpoint}: no VAE; a plan needs one (put vae.safetensors beside model.safetensors)")
+    dit = load_dit_module(files.dit, "fp32")
+    if dit.numerics.modulation_bf16:
+        raise CompileError("this checkpoint records bf16 modulation numerics (arvc.numerics), which the ONNX lowering "
+                           "does not emulate yet; convert it without that flag to compile the original Wan fp32 numerics")
+    vae = load_vae_module(files.vae, "fp32")
+    encoder = load_text_encoder(files.text_encoder) if files.text_encoder else None
+    cfg, geom = dit.cfg, opts.geometry
+    s = vae.config.spatial_factor
+    ph, pw = cfg.patch_size[1:]
+    if opts.height % (s * ph) or opts.width % (s * pw):
+        raise CompileError(f"{opts.height}x{opts.width} is not a multiple of {s * ph}x{s * pw} (VAE factor {s} x patch)")
+    if vae.config.z_dim != cfg.out_channels:
+        raise CompileError(f"VAE has {vae.config.z_dim} latent channels but the DiT produces {cfg.out_channels}")
+    latent_hw = (opts.height // s, opts.width // s)
+    tpf = (latent_hw[0] // ph) * (latent_hw[1] // pw)
+    t0 = step("load + validate", t0)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".compiling"))
+    try:
+        manifest = _build(tmp, dit, vae, encoder, recipe, opts, latent_hw, tpf, files, step, t0)
+        t0 = time.perf_counter()
+        _verify(tmp, manifest, dit, vae, encoder, opts, log)
+        t0 = step("parity gate vs reference", t0)
+        (tmp / MANIFEST).write_text(seal_manifest(manifest))
+        _replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"  {'total':<34} {time.perf_counter() - t_all:6.1f} s")
+    return manifest
+
+
+def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, tpf, files, step, t0) -> dict:
+    import onnx
+    import onnxruntime
+
+    from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+
+    from .lower_dit import DitShapes, build_dit_graph, build_text_graph
+    from .lower_traced import build_text_encoder_graph, build_vae_graphs
+    from .onnx_graph import OPSET, ExternalWeights, save_checked
+
+    cfg, geom = dit.cfg, opts.geometry
+    dtype = TORCH_DTYPES[recipe.weights]
+    write_safetensors_atomic(tmp / "dit.safetensors", {k: v.to(dtype) for k, v in dit.state_dict().items()})
+    write_safetensors_atomic(tmp / "vae.safetensors", vae.state_dict())
+    if encoder is not None:
+        write_safetensors_atomic(tmp / "text_encoder.safetensors", encoder.state_dict())
+    t0 = step("write weights", t0)
+
+    dit_w = ExternalWeights(tmp / "dit.safetensors")
+    shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope)
+    save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
+    save_checked(build_dit_graph(cfg, shapes, dit_w), tmp / "dit.onnx")
+    t0 = step("lower text + dit graphs", t0)
+    for name, model in build_vae_graphs(vae, latent_hw, ExternalWeights(tmp / "vae.safetensors")).items():
+        save_checked(model, tmp / f"{name}.onnx")
+    stages = {
+        "text": {"graph": "text.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights, "compute": recipe.compute},
+        "dit": {"graph": "dit.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights, "compute": recipe.compute},
+        "vae": {"graphs": {"first": "vae_first.onnx", "steady": "vae.onnx"}, "weights": "vae.safetensors",
+                "weights_dtype": "fp32", "compute": "fp32"},
+    }
+    model = {"dit": cfg.to_dict(), "vae": vae.config.to_dict(), "text_encoder": None}
+    if encoder is not None:
+        save_checked(build_text_encoder_graph(encoder, ExternalWeights(tmp / "text_encoder.safetensors")),
+                     tmp / "text_encoder.onnx")
+        stages["text_encoder"] = {"graph": "text_encoder.onnx", "weights": "text_encoder.safetensors",
+                                  "weights_dtype": "fp32", "compute": "fp32"}
+        ec = encoder.cfg
+        model["text_encoder"] = {"vocab": list(ec.vocab), "max_len": ec.max_len, "dim": ec.dim}
+    t0 = step("lower vae (+ text encoder) graphs", t0)
+
+    vae_state = sum(c * 2 * latent_hw[0] * sc * latent_hw[1] * sc for c, sc in vae.decoder.state_specs) * 4
+    weights_bytes = {n: (tmp / n).stat().st_size for n in sorted(os.listdir(tmp)) if n.endswith(".safetensors")}
+    memory = {**_memory_estimate(cfg, geom, tpf), "weights_bytes": weights_bytes,
+              "vae_state_bytes": 2 * vae_state}  # two state sets, used in turn
+    manifest = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "arvc_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"checkpoint": str(files.dit), "sha256": sha256_file(files.dit)},
+        "model": model,
+        "numerics": dit.numerics.to_dict(),
+        "schedule": opts.schedule.to_dict(),
+        "geometry": geom.to_dict(),
+        "resolution": {"height": opts.height, "width": opts.width, "fps": opts.fps, "latent_h": latent_hw[0],
+                       "latent_w": latent_hw[1], "tokens_per_frame": tpf,
+                       "tokens_per_block": tpf * geom.frames_per_block, "cache_tokens": tpf * geom.capacity_frames},
+        "precision": recipe.name, "recipe": recipe.to_dict(), "stages": stages, "memory": memory,
+        "target": {"name": opts.target, "backend": "ort", "providers": ["CPUExecutionProvider"], "opset": OPSET},
+        "versions": {"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "torch": torch.__version__, "python": platform.python_version()},
+        "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size}
+                  for n in sorted(os.listdir(tmp)) if n.endswith((".onnx", ".safetensors"))},
+        "verification": None,
+    }
+    (tmp / MANIFEST).write_text(seal_manifest(manifest))
+    return manifest
+
+
+def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, log) -> None:
+    from arvc.runtime.plan_session import PlanSession
+
+    from .verify import default_blocks, diverged_stage, run_parity
+
+    min_psnr = opts.min_psnr if opts.min_psnr is not None else DEFAULT_MIN_PSNR[opts.precision]
+    blocks = opts.verify_blocks or default_blocks(opts.geometry)
+    session = PlanSession(tmp, verify=False)
+    result = run_parity(session, dit, vae, blocks, opts.seed, encoder)
+    bad = diverged_stage(result, min_psnr)
+    result.update({"min_psnr_db": min_psnr, "passed": bad is None,
+                   "reference": "arvc PyTorch reference, fp32 weights, same seed and noise"})
+    log(f"  parity: {blocks} blocks, prompt switch at block {result['prompt_switch_at_block']}: latent max abs error "
+        f"{result['max_abs_latent_error']:.2e}, frame PSNR {result['frame_psnr_db']:.1f} dB "
+        f"(text {result['stages']['text']['psnr_db']:.1f}, vae {result['stages']['vae']['psnr_db']:.1f} dB)")
+    if bad:
+        stage_psnr = result["stages"].get(bad.split()[0], {}).get("psnr_db", result["frame_psnr_db"])
+        raise CompileError(f"parity gate failed: stage '{bad}' diverged from the reference ({stage_psnr:.1f} dB < "
+                           f"--min-psnr {min_psnr:.1f} dB; frame PSNR {result['frame_psnr_db']:.1f} dB, latent max abs "
+                           f"error {result['max_abs_latent_error']:.2e}). No plan was written.")
+    manifest["verification"] = result
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Move the finished plan into place; an existing target is swapped out only after that succeeds."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

@@ -1,0 +1,53 @@
+"""Precision recipes: what each stage stores and computes in. Data, frozen, serialized with a version.
+
+The quantized formats (int8, fp8, nvfp4) plug in here with the low-precision milestone: a recipe names
+the weight format, the activation format (None: the compute dtype), the KV-cache format and the layers
+kept at full precision (``skip``: patterns such as ``patch_embedding``, ``head.head``, ``blocks.0.*``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+RECIPE_VERSION = 1
+FLOAT_FORMATS = ("fp32", "fp16", "bf16")
+QUANTIZED_FORMATS = ("int8", "fp8", "nvfp4")  # accepted by the schema, produced by the next milestone
+
+# Default parity thresholds (decoded-frame PSNR vs the fp32 reference, dB) per precision.
+DEFAULT_MIN_PSNR = {"fp32": 60.0, "fp16": 40.0, "bf16": 30.0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    weights: str  # DiT weight storage format
+    compute: str = "fp32"  # arithmetic dtype of the target (ORT CPU computes in fp32)
+    activations: str | None = None
+    kv_cache: str = "fp32"
+    skip: tuple[str, ...] = ()
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self) -> None:
+        known = FLOAT_FORMATS + QUANTIZED_FORMATS
+        if self.weights not in known or self.kv_cache not in known:
+            raise ValueError(f"recipe {self.name}: formats must be one of {known}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skip"] = list(self.skip)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        if d.get("version", 0) > RECIPE_VERSION:
+            raise ValueError(f"recipe version {d['version']} is newer than this arvc reads ({RECIPE_VERSION})")
+        return cls(**{**d, "skip": tuple(d.get("skip", ()))})
+
+
+def recipe_for(precision: str, target: str = "cpu") -> Recipe:
+    if precision in QUANTIZED_FORMATS:
+        raise ValueError(f"--precision {precision} arrives with the low-precision milestone; "
+                         f"use one of {FLOAT_FORMATS} for now")
+    if precision not in FLOAT_FORMATS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {FLOAT_FORMATS}")
+    # ORT's CPU kernels compute in fp32: fp16/bf16 plans store half-size weights and widen them on load.
+    return Recipe(name=precision, weights=precision, compute="fp32", kv_cache="fp32")

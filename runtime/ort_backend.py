@@ -1,0 +1,166 @@
+"""ONNX Runtime backend: the plan's stage graphs as sessions, with every large buffer preallocated.
+
+- KV cache: one K and one V buffer per layer, bound with IO binding as both the ``k_cache_i`` input
+  and the ``k_cache_out_i`` output of the dit graph. ORT's ScatterND then writes the block's rows in
+  place: no copy of the cache per call, and the buffers keep their addresses for the session's life.
+- Cross-attention K/V: computed by the text stage once per prompt into buffers bound to the dit graph.
+- VAE state: two preallocated sets used in turn (call n reads set n%2 and writes the other), so the
+  state never aliases within a call and is never copied.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # psutil is a dependency; this keeps a bare embed working
+        return os.cpu_count() or 1
+
+
+def _session(path: Path, threads: int, providers: list[str]):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    # DiT and VAE sessions run at the same time; spinning threads would steal each other's cores.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+def _zeros_value(shape, dtype=np.float32):
+    import onnxruntime as ort
+
+    arr = np.zeros(shape, dtype)
+    return arr, ort.OrtValue.ortvalue_from_numpy(arr)
+
+
+@dataclass
+class StageTimes:
+    text_s: float = 0.0
+    dit_s: float = 0.0
+    vae_s: float = 0.0
+    dit_calls: int = 0
+    vae_calls: int = 0
+    per_call: list = field(default_factory=list)
+
+
+class OrtBackend:
+    name = "ort"
+
+    def __init__(self, plan_dir: Path, manifest: dict, threads: int | None = None, vae_threads: int | None = None):
+        import onnxruntime as ort
+
+        self.providers = ["CPUExecutionProvider"]
+        self.threads = threads or physical_cores()
+        self.vae_threads = vae_threads or self.threads
+        stages = manifest["stages"]
+        self.manifest = manifest
+        m = manifest["model"]["dit"]
+        self.num_layers, self.dim = m["num_layers"], m["dim"]
+        res = manifest["resolution"]
+        self.cache_rows = res["cache_tokens"]
+        self.text = _session(plan_dir / stages["text"]["graph"], self.threads, self.providers)
+        self.dit = _session(plan_dir / stages["dit"]["graph"], self.threads, self.providers)
+        self.vae_first = _session(plan_dir / stages["vae"]["graphs"]["first"], self.vae_threads, self.providers)
+        self.vae = _session(plan_dir / stages["vae"]["graphs"]["steady"], self.vae_threads, self.providers)
+        te = stages.get("text_encoder")
+        self.text_encoder = _session(plan_dir / te["graph"], self.threads, self.providers) if te else None
+        self.ort_version = ort.__version__
+
+        # KV cache, bound in place once
+        self.kv_arrays, self.kv_values = [], []
+        self._dit_binding = self.dit.io_binding()
+        for i in range(self.num_layers):
+            for kind in ("k", "v"):
+                arr, val = _zeros_value((self.cache_rows, self.dim))
+                self.kv_arrays.append(arr)
+                self.kv_values.append(val)
+                self._dit_binding.bind_ortvalue_input(f"{kind}_cache_{i}", val)
+                self._dit_binding.bind_ortvalue_output(f"{kind}_cache_out_{i}", val)
+        x_shape = next(o.shape for o in self.dit.get_outputs() if o.name == "x0")
+        self._x0_array, self._x0_value = _zeros_value(x_shape)
+        self._dit_binding.bind_ortvalue_output("x0", self._x0_value)
+
+        # VAE state: two sets, used in turn
+        state_inputs = [i for i in self.vae.get_inputs() if i.name.startswith("state_")]
+        self._vae_sets = [[_zeros_value(i.shape) for i in state_inputs] for _ in range(2)]
+        self._vae_parity = 0
+        self._pixels = {}
+        self._vae_bindings = {}
+        for first, sess in ((True, self.vae_first), (False, self.vae)):
+            out_shape = next(o.shape for o in sess.get_outputs() if o.name == "pixels")
+            self._pixels[first] = _zeros_value(out_shape)
+            for parity in (0, 1):
+                b = sess.io_binding()
+                src, dst = self._vae_sets[parity], self._vae_sets[1 - parity]
+                for j, ((_, sv), (_, dv)) in enumerate(zip(src, dst)):
+                    b.bind_ortvalue_input(f"state_{j}", sv)
+                    b.bind_ortvalue_output(f"state_out_{j}", dv)
+                b.bind_ortvalue_output("pixels", self._pixels[first][1])
+                self._vae_bindings[(first, parity)] = b
+        self.latent_shape = next(i.shape for i in self.vae.get_inputs() if i.name == "latent")
+
+    # -- memory --------------------------------------------------------------------------------------
+    @property
+    def kv_cache_bytes(self) -> int:
+        return sum(a.nbytes for a in self.kv_arrays)
+
+    @property
+    def vae_state_bytes(self) -> int:
+        return sum(a.nbytes for s in self._vae_sets for a, _ in s)
+
+    def kv_addresses(self) -> list[int]:
+        return [v.data_ptr() for v in self.kv_values]
+
+    # -- stages --------------------------------------------------------------------------------------
+    def encode_text(self, ids: np.ndarray, length: int) -> np.ndarray:
+        if self.text_encoder is None:
+            raise ValueError("this plan has no text encoder stage; pass prompt embeddings instead of text")
+        return self.text_encoder.run(["context"], {"ids": ids[None].astype(np.int64),
+                                                   "length": np.array([length], np.int64)})[0]
+
+    def cross_kv(self, context: np.ndarray) -> list:
+        """context [1, L, text_dim] -> OrtValues of every layer's cross K/V (bound later with bind_cross)."""
+        import onnxruntime as ort
+
+        outs = self.text.run(None, {"context": np.ascontiguousarray(context, np.float32)})
+        names = [o.name for o in self.text.get_outputs()]
+        return [(n, ort.OrtValue.ortvalue_from_numpy(a)) for n, a in zip(names, outs)]
+
+    def bind_cross(self, values: list) -> None:
+        for name, val in values:
+            self._dit_binding.bind_ortvalue_input(name, val)
+
+    def run_dit(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One dit call; the KV cache is updated in place; returns x0 (a copy, safe to hand to another thread)."""
+        b = self._dit_binding
+        for name, arr in feeds.items():
+            b.bind_cpu_input(name, arr)
+        self.dit.run_with_iobinding(b)
+        return self._x0_array.copy()
+
+    def reset_vae(self) -> None:
+        for s in self._vae_sets:
+            for arr, _ in s:
+                arr.fill(0)
+        self._vae_parity = 0
+
+    def run_vae(self, latent: np.ndarray, first: bool) -> np.ndarray:
+        """One latent frame [1, z, 1, h, w] -> pixels [1, 3, 1 or 4, H, W] (a view, valid until the next call)."""
+        b = self._vae_bindings[(first, self._vae_parity)]
+        b.bind_cpu_input("latent", np.ascontiguousarray(latent, np.float32))
+        (self.vae_first if first else self.vae).run_with_iobinding(b)
+        self._vae_parity = 1 - self._vae_parity
+        return self._pixels[first][0]

@@ -1,0 +1,112 @@
+"""Reading a plan: the directory ``arvc compile`` writes and ``arvc run`` / ``arvc.load`` stream from.
+
+File format (schema version 1; docs/plan-format.md has every field):
+
+    PLAN/
+      manifest.json            the single source of truth (below)
+      dit.safetensors          DiT weights (canonical Wan names) at the plan's storage precision
+      vae.safetensors          VAE decoder weights (Wan names)
+      text_encoder.safetensors the model's own text encoder, when it has one (tiny model)
+      text.onnx                context [1,L,text_dim] -> per-layer cross-attention K/V
+      dit.onnx                 one DiT call on one block, KV cache in and out (in place)
+      vae_first.onnx, vae.onnx one latent frame + streaming state -> pixels + state
+      text_encoder.onnx        token ids -> context (only with text_encoder.safetensors)
+
+The graphs keep no weights: their initializers are external-data references (offset, length) into
+the safetensors files beside them, so each weight is stored once.
+
+manifest.json is UTF-8 JSON written canonically (sorted keys, 2-space indent, trailing newline) with
+``manifest_sha256`` = SHA-256 of the canonical text of the manifest without that key. Reading checks,
+in order: JSON, ``format == "arvc-plan"``, ``schema_version`` <= SCHEMA_VERSION (a newer plan is
+refused, never half-read), canonical form and ``manifest_sha256`` (tampering), then the SHA-256 and
+size of every file in ``files``. Any mismatch raises PlanIntegrityError naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+FORMAT = "arvc-plan"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class PlanError(ValueError):
+    """A plan cannot be used; the message names the problem and the fix."""
+
+
+class PlanIntegrityError(PlanError):
+    """A plan file does not match its recorded checksum (corrupted or edited after compile)."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def seal_manifest(manifest: dict) -> str:
+    """The manifest's file text, with its own checksum embedded."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    return canonical_json({**body, "manifest_sha256": digest})
+
+
+def is_plan(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(plan_dir: str | Path, verify_files: bool = True) -> dict:
+    plan_dir = Path(plan_dir)
+    path = plan_dir / MANIFEST
+    if not path.is_file():
+        raise PlanError(f"{plan_dir} is not an arvc plan (no {MANIFEST}); create one with `arvc compile CHECKPOINT -o {plan_dir}`")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PlanIntegrityError(f"{path}: integrity check failed: not valid JSON ({e}); the plan is corrupted, "
+                                 "recompile it with `arvc compile`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PlanError(f"{path}: not an arvc plan manifest (format must be {FORMAT!r})")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int):
+        raise PlanIntegrityError(f"{path}: integrity check failed: schema_version is missing; recompile the plan")
+    if version > SCHEMA_VERSION:
+        raise PlanError(f"{path}: plan schema version {version} is newer than this arvc reads "
+                        f"(up to {SCHEMA_VERSION}, arvc {_arvc_version()}); upgrade arvc, or recompile the plan with this arvc")
+    # The sealed text embeds the digest recomputed from the content, so any edited byte (content,
+    # digest or layout) makes the file differ from it.
+    if raw.decode("utf-8") != seal_manifest(manifest):
+        raise PlanIntegrityError(f"{path}: integrity check failed: manifest.json was modified after compile "
+                                 "(its manifest_sha256 does not match); recompile the plan")
+    if verify_files:
+        verify_plan_files(plan_dir, manifest)
+    return manifest
+
+
+def verify_plan_files(plan_dir: Path, manifest: dict) -> None:
+    for name, entry in sorted(manifest["files"].items()):
+        path = plan_dir / name
+        if not path.is_file():
+            raise PlanIntegrityError(f"{path}: integrity check failed: file is missing; recompile the plan")
+        if path.stat().st_size != entry["bytes"]:
+            raise PlanIntegrityError(f"{path}: integrity check failed: {path.stat().st_size} bytes, the manifest "
+                                     f"records {entry['bytes']}; the file was truncated or replaced, recompile the plan")
+        if sha256_file(path) != entry["sha256"]:
+            raise PlanIntegrityError(f"{path}: integrity check failed: SHA-256 differs from the manifest; the file "
+                                     "was corrupted or edited after compile, recompile the plan")
+
+
+def _arvc_version() -> str:
+    from arvc import __version__
+
+    return __version__
