@@ -92,8 +92,12 @@ def cmd_run(args) -> int:
     from arvc.runtime.torch_stream import TorchStreamSession
     from arvc.runtime.video import Mp4Writer
 
+    from arvc.runtime.plan import is_plan
+
+    if is_plan(args.checkpoint):
+        return cmd_run_plan(args)
     console = Console(stderr=True)
-    if args.backend != "torch":
+    if args.backend not in (None, "torch"):
         raise SystemExit(f"arvc: backend {args.backend!r} needs a compiled plan (arvc compile); use --backend torch")
     if args.seconds <= 0:
         raise SystemExit("arvc: --seconds must be > 0")
@@ -134,6 +138,152 @@ def cmd_run(args) -> int:
     return 0
 
 
+# flags that a plan fixes at compile time (geometry, schedule, resolution, numerics)
+_COMPILED_FLAGS = ("frames_per_block", "window", "sink", "max_frames", "rope", "shift", "steps", "timesteps",
+                   "height", "width", "modulation_bf16", "vae")
+
+
+def cmd_run_plan(args) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from arvc.runtime.plan_session import load
+    from arvc.runtime.video import Mp4Writer
+
+    given = [f"--{k.replace('_', '-')}" for k in _COMPILED_FLAGS if getattr(args, k, None) is not None]
+    if given:
+        raise SystemExit(f"arvc: {', '.join(given)} are fixed when a plan is compiled; recompile with "
+                         f"`arvc compile ... {' '.join(given)}` to change them")
+    if args.backend not in (None, "ort"):
+        raise SystemExit(f"arvc: this plan targets the ort backend; --backend {args.backend} is not built for it")
+    if args.seconds <= 0:
+        raise SystemExit("arvc: --seconds must be > 0")
+    session = load(args.checkpoint, threads=args.threads)
+    if bool(args.prompt) == bool(args.prompt_embeds):
+        raise SystemExit("arvc: give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
+    if args.prompt_embeds:
+        from arvc.checkpoints.safetensors_io import read_safetensors
+
+        def embeds(path):
+            tensors, _ = read_safetensors(path)
+            if len(tensors) != 1 and "context" not in tensors:
+                raise ValueError(f"{path}: holds {sorted(tensors)}; store the embeddings as the only tensor or as 'context'")
+            return tensors.get("context", next(iter(tensors.values()))).float()
+
+        prompts = [(start, embeds(p)) for start, p in _timed(args.prompt_embeds, "--prompt-embeds")]
+    else:
+        prompts = _timed(args.prompt, "--prompt")
+    fps = args.fps or session.fps
+    if fps != session.fps:
+        raise SystemExit(f"arvc: this plan was compiled for {session.fps} fps; --fps {fps} would change its timing")
+    total = round(args.seconds * fps)
+    console = Console(stderr=True)
+    frames = session.stream(prompts[0][1], frames=total, seed=args.seed, switches=prompts[1:])
+    with Mp4Writer(args.output, session.width, session.height, fps) as writer, Progress(
+        TextColumn("[bold]generating"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
+        TextColumn("{task.fields[fps]:.2f} fps"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        disable=args.quiet,
+    ) as bar:
+        task = bar.add_task("gen", total=total, fps=0.0)
+        t0 = time.perf_counter()
+        for frame in frames:
+            writer.write(frame[None])
+            done = writer.frames_written
+            bar.update(task, completed=done, fps=done / (time.perf_counter() - t0))
+    st = session.stats
+    summary = {"output": str(args.output), "plan": str(args.checkpoint), "backend": "ort", "frames": writer.frames_written,
+               "fps_video": fps, "seconds_wall": round(st.wall_s, 3),
+               "frames_per_second": round(writer.frames_written / st.wall_s, 3),
+               "time_to_first_frame_s": round(st.first_frame_s or 0.0, 3), "blocks": st.blocks,
+               "dit_s": round(st.dit_s, 3), "vae_s": round(st.vae_s, 3), "overlap": round(st.overlap, 3)}
+    print(json.dumps(summary) if args.json else
+          f"wrote {summary['output']}: {summary['frames']} frames in {st.wall_s:.1f} s "
+          f"({summary['frames_per_second']:.2f} fps, first frame after {summary['time_to_first_frame_s']:.2f} s, "
+          f"VAE/DiT overlap {100 * st.overlap:.0f} %)")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
+    from arvc.runtime.torch_models import resolve_checkpoint
+
+    files = resolve_checkpoint(args.checkpoint)
+    _fill_defaults(args, files.defaults)
+    opts = CompileOptions(geometry=_geometry(args), schedule=_schedule(args), height=args.height, width=args.width,
+                          fps=args.fps, precision=args.precision, target=args.target, min_psnr=args.min_psnr,
+                          verify_blocks=args.verify_blocks, seed=args.seed, force=args.force)
+    log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    log(f"compiling {args.checkpoint} -> {args.output} ({args.precision}, target {args.target})")
+    try:
+        manifest = compile_plan(args.checkpoint, args.output, opts, log=log)
+    except CompileError as e:
+        print(f"arvc compile: refused: {e}", file=sys.stderr)
+        return 3
+    v = manifest["verification"]
+    if args.json:
+        print(json.dumps({"plan": str(args.output), "verification": v}, indent=2))
+    else:
+        print(f"wrote plan {args.output}: frame PSNR {v['frame_psnr_db']:.1f} dB, latent max abs error "
+              f"{v['max_abs_latent_error']:.2e} over {v['blocks']} blocks (gate {v['min_psnr_db']:.0f} dB)")
+    return 0
+
+
+def _plan_summary(plan_dir) -> dict:
+    from arvc.runtime.plan import read_manifest
+
+    m = read_manifest(plan_dir)
+    mem = m["memory"]
+    weights = sum(mem["weights_bytes"].values())
+    return {
+        "plan": str(plan_dir), "schema_version": m["schema_version"], "arvc_version": m["arvc_version"],
+        "created": m["created"], "precision": m["precision"], "target": m["target"],
+        "model": {k: m["model"]["dit"][k] for k in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "text_len")},
+        "text_encoder": bool(m["model"]["text_encoder"]), "numerics": m["numerics"], "schedule": m["schedule"],
+        "geometry": m["geometry"], "resolution": m["resolution"],
+        "stages": {k: v.get("graph") or v.get("graphs") for k, v in m["stages"].items()},
+        "memory_bytes": {"weights": weights, "kv_cache": mem["kv_cache_bytes"],
+                         "activations (dit call, estimate)": mem["dit_activation_bytes_estimate"],
+                         "vae_state": mem["vae_state_bytes"]},
+        "verification": m["verification"], "versions": m["versions"], "files": len(m["files"]),
+    }
+
+
+def _inspect_plan(args) -> int:
+    info = _plan_summary(args.checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"plan {args.checkpoint}", show_header=False)
+    for k in ("schema_version", "arvc_version", "created", "precision", "target", "model", "text_encoder",
+              "numerics", "schedule", "geometry", "resolution", "stages"):
+        v = info[k]
+        t.add_row(k, ", ".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else str(v))
+    console.print(t)
+    mt = Table(title="memory")
+    mt.add_column("category")
+    mt.add_column("MiB", justify="right")
+    for k, v in info["memory_bytes"].items():
+        mt.add_row(k, f"{v / 2**20:.2f}")
+    console.print(mt)
+    v = info["verification"]
+    vt = Table(title=f"verification ({'passed' if v['passed'] else 'FAILED'}, gate {v['min_psnr_db']} dB)")
+    vt.add_column("measure")
+    vt.add_column("value", justify="right")
+    vt.add_row("blocks (prompt switch at)", f"{v['blocks']} ({v['prompt_switch_at_block']})")
+    vt.add_row("max abs latent error", f"{v['max_abs_latent_error']:.3e}")
+    vt.add_row("frame PSNR (dB)", f"{v['frame_psnr_db']:.2f}")
+    for stage, r in v["stages"].items():
+        vt.add_row(f"{stage} PSNR alone (dB)", f"{r['psnr_db']:.2f}")
+    console.print(vt)
+    return 0
+
+
 def cmd_judge(args) -> int:
     from arvc.tiny.judge import judge_video
 
@@ -149,6 +299,10 @@ def cmd_judge(args) -> int:
 
 def cmd_inspect(args) -> int:
     from arvc.checkpoints.load import describe_checkpoint
+    from arvc.runtime.plan import is_plan
+
+    if is_plan(args.checkpoint):
+        return _inspect_plan(args)
 
     info = describe_checkpoint(args.checkpoint)
     if args.json:
@@ -225,9 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arvc", description="Compile and stream causal video diffusion generators.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="stream a video from a checkpoint")
-    r.add_argument("checkpoint", help="DiT .safetensors, or a directory with model.safetensors (+ vae.safetensors)")
-    r.add_argument("--backend", default="torch", choices=["torch"], help="torch: the PyTorch reference")
+    r = sub.add_parser("run", help="stream a video from a compiled plan (or a checkpoint, on the PyTorch reference)")
+    r.add_argument("checkpoint", metavar="PLAN_OR_CHECKPOINT",
+                   help="a plan directory (arvc compile), or a DiT .safetensors / model directory for the reference")
+    r.add_argument("--backend", choices=["torch", "ort"],
+                   help="ort for plans (ONNX Runtime), torch for checkpoints (the PyTorch reference)")
+    r.add_argument("--threads", type=int, help="ONNX Runtime threads per stage (default: physical cores)")
     r.add_argument("--vae", help="Wan VAE .safetensors (original or diffusers names)")
     r.add_argument("--prompt", action="append", metavar="TEXT[@SECONDS]",
                    help="prompt text (models with a text encoder); repeat with @SECONDS to switch mid-stream")
@@ -241,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shift", type=float, help="flow-matching shift of the schedule (default 5)")
     r.add_argument("--steps", type=int, help="denoising steps per block (default 4)")
     r.add_argument("--timesteps", help="explicit comma-separated t list, overrides --shift/--steps")
-    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="reference only")
     r.add_argument("--modulation-bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 residual/modulation numerics of the causal checkpoints (default: checkpoint metadata, else off)")
     r.add_argument("--device", default="cpu")
@@ -251,7 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_geometry_args(r)
     r.set_defaults(func=cmd_run)
 
-    i = sub.add_parser("inspect", help="what a checkpoint holds: architecture, config, parameters, naming")
+    c = sub.add_parser("compile", help="compile a checkpoint to a verified plan (ONNX graphs + manifest)")
+    c.add_argument("checkpoint", help="model directory (model.safetensors + vae.safetensors [+ model.json]) or DiT file")
+    c.add_argument("-o", "--output", required=True, help="plan directory to write (atomically)")
+    c.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (weight storage; int8/fp8/nvfp4 next)")
+    c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
+    c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
+    c.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")
+    c.add_argument("--fps", type=int, help="video frame rate (default: model.json, else 16)")
+    c.add_argument("--shift", type=float, help="flow-matching shift of the schedule (default 5)")
+    c.add_argument("--steps", type=int, help="denoising steps per block (default 4)")
+    c.add_argument("--timesteps", help="explicit comma-separated t list, overrides --shift/--steps")
+    c.add_argument("--min-psnr", type=float, help="parity gate on decoded frames, dB (default: fp32 60, fp16 40, bf16 30)")
+    c.add_argument("--verify-blocks", type=int, help="blocks rolled out by the parity gate (default: >= 8, past the window)")
+    c.add_argument("--seed", type=int, default=0, help="noise seed of the parity rollout")
+    c.add_argument("--force", action="store_true", help="replace an existing plan at --output (only once the new one passes)")
+    c.add_argument("--json", action="store_true", help="print the verification result as JSON")
+    _add_geometry_args(c)
+    c.set_defaults(func=cmd_compile)
+
+    i = sub.add_parser("inspect", help="what a plan or checkpoint holds (plan: manifest, memory, verification)")
     i.add_argument("checkpoint")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)

@@ -17,3 +17,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_plan(tmp_path_factory):
+    """The shipped tiny model compiled once (fp32, its model.json geometry: window 12, sink 3, relative RoPE)."""
+    from arvc.compiler.compile import CompileOptions, compile_plan
+    from arvc.runtime.kv_cache import CacheGeometry
+    from arvc.runtime.schedule import Schedule
+
+    out = tmp_path_factory.mktemp("plans") / "tiny.plan"
+    opts = CompileOptions(CacheGeometry(3, 12, 3, 21, "relative"), Schedule((1000.0, 900.0, 750.0, 500.0)), 128, 128)
+    manifest = compile_plan(REPO / "models" / "tiny", out, opts, log=lambda _m: None)
+    return out, manifest
