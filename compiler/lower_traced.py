@@ -32,7 +32,9 @@ class _VaeStep(torch.nn.Module):
 
     def forward(self, latent, *states):
         pixels, new = self.vae.stream_step(latent, list(states), self.first)
-        return (pixels, *new)
+        # a state that passes through (the first frame skips time_conv) still gets its own output,
+        # since the runtime reads and writes two different state sets
+        return (pixels, *(n.clone() if n is s else n for n, s in zip(new, states)))
 
 
 class _TextEncoder(torch.nn.Module):
@@ -51,9 +53,14 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET, input_names=input_names,
-                                    output_names=output_names, external_data=False, verbose=False)
+                                    output_names=output_names, external_data=False, verbose=False,
+                                    # unoptimized: the exporter's constant folding would store transposed
+                                    # copies of weights; ONNX Runtime folds them in memory at load instead
+                                    optimize=False)
     model = program.model_proto
     model.ir_version = IR_VERSION
+    for node in model.graph.node:  # the exporter's per-node source traces: most of the file, no use to a plan
+        del node.metadata_props[:]
     return model
 
 

@@ -75,6 +75,10 @@ class Upsample(nn.Upsample):
     """Nearest-exact upsampling computed in float (as Wan does), result cast back."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_factor == (2.0, 2.0):
+            # At an integer factor, nearest-exact and nearest pick the same source pixel (i // 2); the
+            # nearest form lowers to one ONNX Resize instead of per-resolution index tables.
+            return F.interpolate(x.float(), scale_factor=2.0, mode="nearest").type_as(x)
         return super().forward(x.float()).type_as(x)
 
 
