@@ -1,4 +1,4 @@
-# Fresh machine:  make demo   (set up, then stream a video)   |   make test   (set up, then run the tests)
+# Fresh machine:  make demo   (set up, compile the tiny model to a plan, stream a video from it)   |   make test   (set up, then run the tests)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 
 DEMO_PROMPT := a red circle moving right on a dark blue background
 
-demo: install
-	$(BIN)/arvc run models/tiny --prompt "$(DEMO_PROMPT)" --seconds 10 --seed 0 -o out/demo.mp4
+TINY_PLAN := out/tiny.plan
+
+# compile once per change of the shipped model; the compile itself checks the plan against the reference
+$(TINY_PLAN)/manifest.json: $(STAMP) models/tiny/model.safetensors models/tiny/vae.safetensors \
+		models/tiny/text_encoder.safetensors models/tiny/model.json
+	$(BIN)/arvc compile models/tiny -o $(TINY_PLAN) --force
+
+demo: install $(TINY_PLAN)/manifest.json
+	$(BIN)/arvc run $(TINY_PLAN) --prompt "$(DEMO_PROMPT)" --seconds 10 --seed 0 -o out/demo.mp4
 	$(BIN)/arvc judge out/demo.mp4 --prompt "$(DEMO_PROMPT)"
 
 test: install
