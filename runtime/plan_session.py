@@ -138,6 +138,7 @@ class PlanSession:
         self.stats = StreamStats()
         self._pending: list = []
         self._lock = threading.Lock()
+        self._streaming = False  # one stream at a time: the cache and VAE state belong to it
 
     # -- prompts -------------------------------------------------------------------------------------
     def context_for(self, prompt) -> np.ndarray:
@@ -177,6 +178,9 @@ class PlanSession:
         """Switch prompts mid-stream (KV re-cache); takes effect at the next block the DiT has not started."""
         ctx = self.context_for(prompt)
         with self._lock:
+            if not self._streaming:
+                raise RuntimeError("switch_prompt() changes a running stream; start one with stream(prompt, ...) "
+                                   "or schedule switches with stream(..., switches=[(seconds, prompt)])")
             self._pending.append(ctx)
 
     # -- timing of prompt switches -------------------------------------------------------------------
@@ -218,9 +222,13 @@ class PlanSession:
         blocks = self.blocks_for(total_frames)
         latents_q: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
-        stats = self.stats = StreamStats()
         with self._lock:
+            if self._streaming:
+                raise RuntimeError("this session is already streaming; finish or close() the previous "
+                                   "iterator first (or load the plan again for a second stream)")
+            self._streaming = True
             self._pending.clear()
+        stats = self.stats = StreamStats()
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -253,10 +261,10 @@ class PlanSession:
 
         worker = threading.Thread(target=dit_worker, name="arvc-dit", daemon=True)
         t_start = time.perf_counter()
-        self.backend.reset_vae()
-        worker.start()
         emitted, first_latent = 0, True
         try:
+            self.backend.reset_vae()
+            worker.start()
             while emitted < total_frames:
                 item = latents_q.get()
                 if isinstance(item, _Failed):
@@ -279,7 +287,10 @@ class PlanSession:
                         yield frame.copy() if raw else _to_uint8(frame)
         finally:
             stop.set()
-            worker.join(timeout=60)
+            if worker.ident is not None:
+                worker.join()  # it stops at its next hand-over, after the DiT call in flight
+            with self._lock:
+                self._streaming = False
             stats.wall_s = time.perf_counter() - t_start
             stats.dit_s, stats.text_s = gen.times["dit"], gen.times["text"]
 

@@ -164,3 +164,22 @@ def test_an_interrupted_compile_leaves_no_plan_and_keeps_the_old_one(small_ckpt,
 def test_quantized_precisions_are_named_as_not_yet_built(small_ckpt, tmp_path):
     with pytest.raises(ValueError, match="nvfp4 arrives with the low-precision milestone"):
         compile_plan(small_ckpt, tmp_path / "q.plan", CompileOptions(**{**OPTS.__dict__, "precision": "nvfp4"}))
+
+
+@pytest.mark.slow
+def test_a_long_rollout_keeps_resident_memory_flat(small_plan):
+    """300 blocks (900 latent frames, inside the absolute-RoPE limit of 1024) through the whole pipeline;
+    bench/soak_memory.py runs the tiny plan (relative RoPE) for 2000."""
+    import psutil
+
+    proc = psutil.Process()
+    session = arvc.load(small_plan)
+    prompt = torch.randn(5, CFG.text_dim)
+    per_block = session.frames_before_block(2) - session.frames_before_block(1)
+    rss = {}
+    for n, _ in enumerate(session.stream(prompt, frames=session.frames_before_block(300)), start=1):
+        block = 1 + (n - session.frames_before_block(1)) // per_block
+        if (n - session.frames_before_block(1)) % per_block == 0 and block in (50, 300):
+            rss[block] = proc.memory_info().rss
+    assert session.stats.blocks == 300
+    assert (rss[300] - rss[50]) / rss[50] < 0.02

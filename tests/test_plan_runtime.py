@@ -119,3 +119,17 @@ def test_bad_prompts_get_clear_errors(tiny_plan):
         session.context_for(np.zeros((17, 64), np.float32))
     emb = session.context_for(RED)[0, :9]  # embeddings work too, zero-padded to the text length
     assert session.context_for(emb).shape == (1, 16, 64)
+
+
+def test_one_stream_at_a_time_and_switches_need_a_stream(tiny_plan):
+    plan, _ = tiny_plan
+    session = arvc.load(plan, verify=False)
+    with pytest.raises(RuntimeError, match="changes a running stream"):
+        session.switch_prompt(GREEN)
+    first = session.stream(RED, seconds=3)
+    next(first)
+    session.switch_prompt(GREEN)  # accepted while streaming
+    with pytest.raises(RuntimeError, match="already streaming"):
+        next(session.stream(RED, seconds=1))
+    first.close()
+    assert len(list(session.stream(RED, seconds=0.5))) == 8  # the session is free again
