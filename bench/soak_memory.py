@@ -59,7 +59,7 @@ def main() -> None:
           f"{end['rss_mib']:.1f} MiB after warm-up ({result['growth_percent']:+.2f} %, peak {result['peak_growth_percent']:+.2f} %)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"soak_memory_{args.machine}_{datetime.date.today().isoformat()}.json"
+    path = out / f"soak_memory-{args.machine}-{datetime.date.today().isoformat()}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
