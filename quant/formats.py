@@ -1,0 +1,170 @@
+"""Stored quantized formats: INT8, FP8 E4M3 and NVFP4 (DESIGN section 3), one class each.
+
+Each format declares the fields it stores (name, dtype, shape rule) and encodes / decodes exactly; the
+C layouts with size asserts are in ``csrc/quant_formats.h`` and ``TRAITS`` below is the one table both
+agree on. Encoders refuse non-finite input: a NaN or infinity in a weight or activation is a bug
+upstream, and silently clamping it would hide that.
+
+Granularity (``axis``): the scale is shared along every dimension except the kept ones.
+- ``per_channel`` (weights [out, in]): one scale per output row.
+- ``per_token``: one scale per row of the last dimension (activations, KV cache rows).
+- ``per_tensor``: one scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GRANULARITIES = ("per_tensor", "per_channel", "per_token")
+E4M3_MAX = 448.0
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # code & 7 -> magnitude; bit 3 is the sign
+NVFP4_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class FormatTraits:
+    name: str
+    bits_per_value: float  # payload bits per element, scales excluded
+    block: int  # elements sharing one scale (0: per row / tensor)
+    block_bytes: int  # bytes of one C block struct (0: no block struct)
+
+
+TRAITS = {
+    "int8": FormatTraits("int8", 8, 0, 0),
+    "fp8": FormatTraits("fp8", 8, 0, 0),
+    # 16 elements: 8 bytes of packed E2M1 pairs + 1 byte E4M3 scale -> 4.5 bits per element
+    "nvfp4": FormatTraits("nvfp4", 4, NVFP4_BLOCK, 9),
+}
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{what}: {bad} non-finite value(s) (NaN/inf) in the input; quantization needs finite "
+                         "numbers, so fix the tensor upstream (check the checkpoint or the calibration rollout)")
+
+
+def _amax(x: torch.Tensor, granularity: str) -> torch.Tensor:
+    a = x.abs().float()
+    if granularity == "per_tensor":
+        return a.amax().reshape(1)
+    if granularity == "per_channel":  # weights [out, in, ...]: a row of outputs shares a scale
+        return a.reshape(a.shape[0], -1).amax(dim=1)
+    if granularity == "per_token":
+        return a.amax(dim=-1)
+    raise ValueError(f"granularity {granularity!r} unknown; choose one of {GRANULARITIES}")
+
+
+def _expand(scale: torch.Tensor, x: torch.Tensor, granularity: str) -> torch.Tensor:
+    if granularity == "per_tensor":
+        return scale.reshape([1] * x.dim())
+    if granularity == "per_channel":
+        return scale.reshape(-1, *[1] * (x.dim() - 1))
+    return scale.unsqueeze(-1)
+
+
+@dataclass(frozen=True)
+class Int8:
+    """Symmetric INT8: code = clamp(round_half_even(x / scale), -127, 127), scale = amax / 127 (1 if amax = 0)."""
+
+    granularity: str = "per_channel"
+    fields = (("data", "int8", "x.shape"), ("scale", "float32", "one per group"))
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_finite(x, "int8 encode")
+        amax = _amax(x, self.granularity)
+        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        q = torch.round(x.float() / _expand(scale, x, self.granularity)).clamp(-127, 127).to(torch.int8)
+        return {"data": q, "scale": scale}
+
+    def decode(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        return f["data"].float() * _expand(f["scale"], f["data"], self.granularity)
+
+
+@dataclass(frozen=True)
+class Fp8E4M3:
+    """FP8 E4M3 (fn: max 448, no infinities): code = e4m3(clamp(x / scale, +-448)), scale = amax / 448."""
+
+    granularity: str = "per_channel"
+    fields = (("data", "uint8 (E4M3 bits)", "x.shape"), ("scale", "float32", "one per group"))
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_finite(x, "fp8 encode")
+        amax = _amax(x, self.granularity)
+        scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+        y = (x.float() / _expand(scale, x, self.granularity)).clamp(-E4M3_MAX, E4M3_MAX)
+        return {"data": y.to(torch.float8_e4m3fn).view(torch.uint8), "scale": scale}
+
+    def decode(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        return f["data"].view(torch.float8_e4m3fn).float() * _expand(f["scale"], f["data"], self.granularity)
+
+
+def e4m3_round(x: torch.Tensor) -> torch.Tensor:
+    """Round fp32 values (already in range) to the nearest E4M3 value, ties to even, back in fp32."""
+    return x.to(torch.float8_e4m3fn).float()
+
+
+def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
+    """fp32 values -> 4-bit E2M1 codes (uint8 0..15): magnitude rounded to nearest, ties to the even
+    code (0.25->0, 0.75->1.0, 1.25->1.0, 1.75->2, 2.5->2, 3.5->4, 5->4), saturating at 6; sign in bit 3."""
+    mag = v.abs()
+    code = torch.zeros_like(mag, dtype=torch.uint8)
+    for i in range(len(E2M1_VALUES) - 1):
+        mid = (E2M1_VALUES[i] + E2M1_VALUES[i + 1]) / 2
+        up = (mag > mid) | ((mag == mid) & ((i + 1) % 2 == 0))  # a tie goes to the even code of the pair
+        code = code + up.to(torch.uint8)
+    return code | ((v < 0) & (code > 0)).to(torch.uint8) << 3  # no negative zero
+
+
+def e2m1_values(code: torch.Tensor) -> torch.Tensor:
+    table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float32)
+    return table[code.long()]
+
+
+@dataclass(frozen=True)
+class NVFP4:
+    """NVFP4 as NVIDIA's tools store it (so plans interoperate with their checkpoints and TensorRT).
+
+    Along the last dimension, blocks of 16: ``scale_2 = amax(x) / (6 * 448)`` (fp32, 1 for an all-zero
+    tensor); ``block_scale = e4m3(clamp(block_amax / (6 * scale_2), 2^-9, 448))`` (1 for an all-zero
+    block); code = E2M1 of ``x / (block_scale * scale_2)``; element 2i in the low nibble, 2i+1 high.
+    """
+
+    fields = (("weight", "uint8 (two E2M1 codes)", "[..., n/2]"),
+              ("weight_scale", "uint8 (E4M3 bits)", "[..., n/16]"), ("weight_scale_2", "float32", "[]"))
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_finite(x, "nvfp4 encode")
+        if x.shape[-1] % NVFP4_BLOCK:
+            raise ValueError(f"nvfp4: the last dimension ({x.shape[-1]}) must be a multiple of {NVFP4_BLOCK}; "
+                             "keep this tensor at higher precision (recipe skip) or pad it")
+        xf = x.float()
+        amax = xf.abs().amax()
+        scale_2 = amax / (6 * E4M3_MAX) if amax > 0 else torch.tensor(1.0)
+        blocks = xf.reshape(*x.shape[:-1], -1, NVFP4_BLOCK)  # [..., nb, 16]
+        block_amax = blocks.abs().amax(dim=-1)
+        raw = (block_amax / (6 * scale_2)).clamp(2.0**-9, E4M3_MAX)
+        block_scale = torch.where(block_amax > 0, e4m3_round(raw), torch.ones_like(raw))
+        codes = e2m1_codes(blocks / (block_scale * scale_2).unsqueeze(-1)).reshape(*x.shape[:-1], -1)
+        packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+        return {"weight": packed, "weight_scale": block_scale.to(torch.float8_e4m3fn).view(torch.uint8),
+                "weight_scale_2": scale_2.float().reshape(())}
+
+    def decode(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        packed = f["weight"]
+        codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(*packed.shape[:-1], -1)
+        vals = e2m1_values(codes).reshape(*codes.shape[:-1], -1, NVFP4_BLOCK)
+        scale = f["weight_scale"].view(torch.float8_e4m3fn).float() * f["weight_scale_2"]
+        return (vals * scale.unsqueeze(-1)).reshape(codes.shape)
+
+
+def stored_bits_per_element(fmt: str, shape: tuple[int, ...], granularity: str = "per_channel") -> float:
+    """Bits per element including scales, as stored (NVFP4: 4 + 8/16 + 32/numel)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    if fmt == "nvfp4":
+        return 4 + 8 / NVFP4_BLOCK + 32 / numel
+    groups = {"per_tensor": 1, "per_channel": shape[0], "per_token": numel // shape[-1]}[granularity]
+    return 8 + 32 * groups / numel

@@ -1,0 +1,91 @@
+"""Quantized formats, bit-exact against hand-computed vectors (DESIGN section 3)."""
+import pytest
+import torch
+
+from arvc.quant.formats import NVFP4, Fp8E4M3, Int8, e2m1_codes, stored_bits_per_element
+
+
+def test_int8_rounds_half_to_even_per_tensor():
+    x = torch.tensor([127.0, -2.5, 3.5, 0.5, -0.5, 1.5, 100.2])  # amax 127 -> scale exactly 1
+    f = Int8("per_tensor").encode(x)
+    assert f["scale"].tolist() == [1.0]
+    assert f["data"].tolist() == [127, -2, 4, 0, 0, 2, 100]
+    assert Int8("per_tensor").decode(f).tolist() == [127.0, -2.0, 4.0, 0.0, 0.0, 2.0, 100.0]
+
+
+def test_int8_per_channel_and_zero_rows():
+    x = torch.tensor([[254.0, 1.0, -3.0], [0.0, 0.0, 0.0]])
+    f = Int8("per_channel").encode(x)
+    assert f["scale"].tolist() == [2.0, 1.0]  # an all-zero row keeps scale 1 (no division by zero)
+    assert f["data"].tolist() == [[127, 0, -2], [0, 0, 0]]
+
+
+def test_int8_per_token_groups_rows_of_the_last_dimension():
+    x = torch.tensor([[[127.0, -127.0], [0.5, 0.25]]])
+    f = Int8("per_token").encode(x)
+    assert f["scale"].shape == (1, 2) and f["scale"][0, 0] == 1.0
+    assert f["data"][0, 0].tolist() == [127, -127] and f["data"][0, 1].tolist() == [127, 64]
+
+
+def test_fp8_e4m3_bits_rounding_subnormals_and_saturation():
+    x = torch.tensor([448.0, 1.0, -1.0, 17.0, 2.0**-9, 2.0**-10, 3 * 2.0**-10, 0.0])
+    f = Fp8E4M3("per_tensor").encode(x)
+    assert f["scale"].tolist() == [1.0]
+    # 448 = 0 1111 110; 1 = 0 0111 000; 17 -> 16 (tie to even mantissa) = 0 1011 000;
+    # 2^-9 is the smallest subnormal; 2^-10 ties to 0; 1.5 * 2^-9 ties to the even subnormal 2 * 2^-9
+    assert f["data"].tolist() == [0x7E, 0x38, 0xB8, 0x58, 0x01, 0x00, 0x02, 0x00]
+    assert Fp8E4M3("per_tensor").decode(f)[:5].tolist() == [448.0, 1.0, -1.0, 16.0, 2.0**-9]
+
+
+def test_e2m1_ties_go_to_the_even_code():
+    v = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 9.0, -0.1, -0.5, -6.0])
+    assert e2m1_codes(v).tolist() == [0, 2, 2, 4, 4, 6, 6, 7, 7, 0, 9, 15]
+
+
+BLOCK = [0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 6, -0.5, -1, -3, -6, -0.1, 4, 1.5]
+
+
+def test_nvfp4_packs_a_hand_computed_block():
+    x = torch.tensor([BLOCK, [0.0] * 16]) * 448  # amax 6 * 448 -> scale_2 = 1, block scale 448
+    f = NVFP4().encode(x)
+    assert f["weight_scale_2"].item() == 1.0
+    assert f["weight_scale"].tolist() == [[0x7E], [0x38]]  # e4m3(448); an all-zero block gets 1.0
+    assert f["weight"][0].tolist() == [0x00, 0x22, 0x44, 0x66, 0x97, 0xDA, 0x0F, 0x36]
+    assert f["weight"][1].tolist() == [0] * 8
+    want = torch.tensor([0, 0, 1, 1, 2, 2, 4, 4, 6, -0.5, -1, -3, -6, 0, 4, 1.5]) * 448
+    assert torch.equal(NVFP4().decode(f)[0], want) and not NVFP4().decode(f)[1].any()
+
+
+def test_nvfp4_block_scale_is_e4m3_rounded_and_clamped():
+    x = torch.zeros(2, 16)
+    x[0, 0] = 2688.0  # tensor amax -> scale_2 = 1
+    x[1, 0] = 3.0 * 17  # block amax / 6 = 8.5 -> e4m3 rounds to 8 (tie to even mantissa)
+    f = NVFP4().encode(x)
+    assert f["weight_scale"][1].view(torch.float8_e4m3fn).float().item() == 8.0
+    assert NVFP4().decode(f)[1, 0].item() == 48.0  # 51 / 8 = 6.375 saturates to code 6.0
+    tiny = torch.zeros(1, 16)
+    tiny[0, 0], tiny[0, 1] = 2688.0, 0.0
+    small = torch.cat([tiny, torch.full((1, 16), 1e-3)])  # block amax / 6 below 2^-9 -> clamped to 2^-9
+    assert NVFP4().encode(small)["weight_scale"][1].item() == 0x01
+
+
+def test_nvfp4_all_zero_tensor_and_bad_shapes():
+    f = NVFP4().encode(torch.zeros(1, 32))
+    assert f["weight_scale_2"].item() == 1.0 and f["weight_scale"].tolist() == [[0x38, 0x38]]
+    assert not NVFP4().decode(f).any()
+    with pytest.raises(ValueError, match="multiple of 16"):
+        NVFP4().encode(torch.ones(2, 20))
+
+
+@pytest.mark.parametrize("fmt", [Int8(), Fp8E4M3(), NVFP4()], ids=["int8", "fp8", "nvfp4"])
+def test_non_finite_input_is_refused(fmt):
+    x = torch.ones(2, 16)
+    x[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        fmt.encode(x)
+
+
+def test_storage_cost_matches_the_promise():
+    assert stored_bits_per_element("nvfp4", (4096, 4096)) == pytest.approx(4.5, abs=1e-5)
+    assert stored_bits_per_element("int8", (4096, 4096)) == pytest.approx(8.0078125)
+    assert stored_bits_per_element("fp8", (4096, 4096), "per_tensor") == pytest.approx(8.0, abs=1e-5)
