@@ -107,14 +107,15 @@ def e4m3_round(x: torch.Tensor) -> torch.Tensor:
 
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     """fp32 values -> 4-bit E2M1 codes (uint8 0..15): magnitude rounded to nearest, ties to the even
-    code (0.25->0, 0.75->1.0, 1.25->1.0, 1.75->2, 2.5->2, 3.5->4, 5->4), saturating at 6; sign in bit 3."""
+    code (0.25->0, 0.75->1.0, 1.25->1.0, 1.75->2, 2.5->2, 3.5->4, 5->4), saturating at 6; sign in bit 3,
+    set for every negative input, including those that round to zero (-0, code 8), as modelopt does."""
     mag = v.abs()
     code = torch.zeros_like(mag, dtype=torch.uint8)
     for i in range(len(E2M1_VALUES) - 1):
         mid = (E2M1_VALUES[i] + E2M1_VALUES[i + 1]) / 2
         up = (mag > mid) | ((mag == mid) & ((i + 1) % 2 == 0))  # a tie goes to the even code of the pair
         code = code + up.to(torch.uint8)
-    return code | ((v < 0) & (code > 0)).to(torch.uint8) << 3  # no negative zero
+    return code | (v < 0).to(torch.uint8) << 3
 
 
 def e2m1_values(code: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ def test_fp8_e4m3_bits_rounding_subnormals_and_saturation():
 
 def test_e2m1_ties_go_to_the_even_code():
     v = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 9.0, -0.1, -0.5, -6.0])
-    assert e2m1_codes(v).tolist() == [0, 2, 2, 4, 4, 6, 6, 7, 7, 0, 9, 15]
+    assert e2m1_codes(v).tolist() == [0, 2, 2, 4, 4, 6, 6, 7, 7, 8, 9, 15]  # -0.1 -> -0 (code 8)
 
 
 BLOCK = [0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 6, -0.5, -1, -3, -6, -0.1, 4, 1.5]
@@ -50,7 +50,7 @@ def test_nvfp4_packs_a_hand_computed_block():
     f = NVFP4().encode(x)
     assert f["weight_scale_2"].item() == 1.0
     assert f["weight_scale"].tolist() == [[0x7E], [0x38]]  # e4m3(448); an all-zero block gets 1.0
-    assert f["weight"][0].tolist() == [0x00, 0x22, 0x44, 0x66, 0x97, 0xDA, 0x0F, 0x36]
+    assert f["weight"][0].tolist() == [0x00, 0x22, 0x44, 0x66, 0x97, 0xDA, 0x8F, 0x36]
     assert f["weight"][1].tolist() == [0] * 8
     want = torch.tensor([0, 0, 1, 1, 2, 2, 4, 4, 6, -0.5, -1, -3, -6, 0, 4, 1.5]) * 448
     assert torch.equal(NVFP4().decode(f)[0], want) and not NVFP4().decode(f)[1].any()
@@ -89,3 +89,20 @@ def test_storage_cost_matches_the_promise():
     assert stored_bits_per_element("nvfp4", (4096, 4096)) == pytest.approx(4.5, abs=1e-5)
     assert stored_bits_per_element("int8", (4096, 4096)) == pytest.approx(8.0078125)
     assert stored_bits_per_element("fp8", (4096, 4096), "per_tensor") == pytest.approx(8.0, abs=1e-5)
+
+
+def test_nvfp4_matches_nvidia_modelopt_bit_for_bit():
+    """modelopt's NVFP4 packer runs on the CPU; its bytes are what TensorRT and NVIDIA checkpoints hold."""
+    from modelopt.torch.quantization.qtensor import nvfp4_tensor as mtq
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 256, generator=g) * torch.logspace(-3, 1, 64)[:, None]  # rows over 4 decades
+    w[3, :16] = 0.0  # an all-zero block
+    w[5, 7] = -1e-9  # rounds to -0
+    q, scale, scale_2 = mtq.NVFP4QTensor.quantize(w.clone(), 16)
+    ours = NVFP4().encode(w)
+    assert torch.equal(ours["weight"], q._quantized_data)
+    assert torch.equal(ours["weight_scale"], scale.view(torch.uint8))
+    assert ours["weight_scale_2"].item() == scale_2.item()
+    assert torch.equal(NVFP4().decode(ours), q.dequantize(dtype=torch.float32, scale=scale, double_scale=scale_2,
+                                                             block_sizes={-1: 16}))
