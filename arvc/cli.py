@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a checkpoint to a verified plan (ONNX graphs + manifest)")
     c.add_argument("checkpoint", help="model directory (model.safetensors + vae.safetensors [+ model.json]) or DiT file")
     c.add_argument("-o", "--output", required=True, help="plan directory to write (atomically)")
-    c.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (weight storage; int8/fp8/nvfp4 next)")
+    c.add_argument("--precision", default="fp32", help="DiT weights: fp32 | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: block linears, weight-only)")
     c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
     c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
     c.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")

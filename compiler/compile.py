@@ -122,8 +122,14 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     from .onnx_graph import OPSET, ExternalWeights, save_checked
 
     cfg, geom = dit.cfg, opts.geometry
-    dtype = TORCH_DTYPES[recipe.weights]
-    write_safetensors_atomic(tmp / "dit.safetensors", {k: v.to(dtype) for k, v in dit.state_dict().items()})
+    if recipe.weights in TORCH_DTYPES:
+        dtype = TORCH_DTYPES[recipe.weights]
+        stored, quantized = {k: v.to(dtype) for k, v in dit.state_dict().items()}, []
+    else:
+        from arvc.quant.weights import quantize_state_dict
+
+        stored, quantized = quantize_state_dict(dit.state_dict(), recipe.weights, recipe.skip)
+    write_safetensors_atomic(tmp / "dit.safetensors", stored)
     write_safetensors_atomic(tmp / "vae.safetensors", vae.state_dict())
     if encoder is not None:
         write_safetensors_atomic(tmp / "text_encoder.safetensors", encoder.state_dict())
@@ -155,7 +161,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     vae_state = sum(c * 2 * latent_hw[0] * sc * latent_hw[1] * sc for c, sc in vae.decoder.state_specs) * 4
     weights_bytes = {n: (tmp / n).stat().st_size for n in sorted(os.listdir(tmp)) if n.endswith(".safetensors")}
     memory = {**_memory_estimate(cfg, geom, tpf), "weights_bytes": weights_bytes,
-              "vae_state_bytes": 2 * vae_state}  # two state sets, used in turn
+              "vae_state_bytes": 2 * vae_state,  # two state sets, used in turn
+              "dit_weight_bytes_per_parameter": round(weights_bytes["dit.safetensors"] / cfg.param_count(), 4)}
     manifest = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "arvc_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,7 +174,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
         "resolution": {"height": opts.height, "width": opts.width, "fps": opts.fps, "latent_h": latent_hw[0],
                        "latent_w": latent_hw[1], "tokens_per_frame": tpf,
                        "tokens_per_block": tpf * geom.frames_per_block, "cache_tokens": tpf * geom.capacity_frames},
-        "precision": recipe.name, "recipe": recipe.to_dict(), "stages": stages, "memory": memory,
+        "precision": recipe.name, "recipe": {**recipe.to_dict(), "quantized_weights": quantized},
+        "stages": stages, "memory": memory,
         "target": {"name": opts.target, "backend": "ort", "providers": ["CPUExecutionProvider"], "opset": OPSET},
         "versions": {"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "torch": torch.__version__, "python": platform.python_version()},

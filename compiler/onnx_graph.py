@@ -20,11 +20,9 @@ OPSET = 23
 IR_VERSION = 11  # ONNX Runtime 1.31 reads IR <= 13; 11 is what opset 23 needs
 
 ONNX_TYPES = {"F32": TensorProto.FLOAT, "F16": TensorProto.FLOAT16, "BF16": TensorProto.BFLOAT16,
+              "F8_E4M3": TensorProto.FLOAT8E4M3FN,
               "F64": TensorProto.DOUBLE, "I64": TensorProto.INT64, "U8": TensorProto.UINT8,
               "I8": TensorProto.INT8, "BOOL": TensorProto.BOOL}
-NUMPY_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
-                 np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL,
-                 np.dtype(np.float16): TensorProto.FLOAT16}
 
 
 class ExternalWeights:
@@ -93,15 +91,26 @@ class GraphBuilder:
             self._const_cache[key] = name
         return self._const_cache[key]
 
-    def weight(self, name: str) -> str:
-        """A checkpoint tensor, in the compute type (a Cast is inserted for fp16/bf16 storage)."""
-        if name in self._weight_values:
-            return self._weight_values[name]
+    def initializer(self, name: str) -> str:
+        """A tensor of the weights file, as stored (external reference)."""
         if self.weights is None or name not in self.weights:
             raise KeyError(f"graph {self.name}: weight {name} is not in the plan's weights file")
-        self.initializers[name] = self.weights.tensor_proto(name)
-        value = name
-        if ONNX_TYPES[self.weights.dtype(name)] != self.compute_type:
+        if name not in self.initializers:
+            self.initializers[name] = self.weights.tensor_proto(name)
+        return name
+
+    def weight(self, name: str) -> str:
+        """A checkpoint tensor in the compute type: a Cast for fp16/bf16 storage, a decode for quantized."""
+        if name in self._weight_values:
+            return self._weight_values[name]
+        value = self.initializer(name)
+        stored = self.weights.dtype(name)
+        if f"{name}_scale" in self.weights:
+            from .lower_quant import dequantize
+
+            fmt = {"I8": "int8", "F8_E4M3": "fp8", "U8": "nvfp4"}[stored]
+            value = dequantize(self, name, fmt)
+        elif ONNX_TYPES[stored] != self.compute_type:
             value = self.op("Cast", [name], to=self.compute_type)
         self._weight_values[name] = value
         return value
