@@ -246,6 +246,9 @@ def _plan_summary(plan_dir) -> dict:
         "memory_bytes": {"weights": weights, "kv_cache": mem["kv_cache_bytes"],
                          "activations (dit call, estimate)": mem["dit_activation_bytes_estimate"],
                          "vae_state": mem["vae_state_bytes"]},
+        "dit_weight_bytes_per_parameter": mem.get("dit_weight_bytes_per_parameter"),
+        "kv_bytes_per_cached_token": mem["kv_cache_bytes"] // m["resolution"]["cache_tokens"],
+        "quantized_weights": len(m["recipe"].get("quantized_weights", [])),
         "verification": m["verification"], "versions": m["versions"], "files": len(m["files"]),
     }
 
@@ -271,6 +274,9 @@ def _inspect_plan(args) -> int:
     for k, v in info["memory_bytes"].items():
         mt.add_row(k, f"{v / 2**20:.2f}")
     console.print(mt)
+    console.print(f"DiT weight bytes per parameter: {info['dit_weight_bytes_per_parameter']} "
+                  f"({info['quantized_weights']} quantized linears); KV cache bytes per cached token "
+                  f"(all layers, K+V): {info['kv_bytes_per_cached_token']}")
     v = info["verification"]
     vt = Table(title=f"verification ({'passed' if v['passed'] else 'FAILED'}, gate {v['min_psnr_db']} dB)")
     vt.add_column("measure")

@@ -114,6 +114,8 @@ def test_run_and_inspect_a_plan_from_the_cli(small_plan, small_ckpt, tmp_path, c
     # KV cache: 2 layers x (K, V) x 6 frames x 4 tokens (32 px / 8 / patch 2, squared) x 64 dims x fp32
     assert mem["kv_cache"] == 2 * 2 * 6 * 4 * 64 * 4 and mem["weights"] > 0 and mem["vae_state"] > 0
     assert info["verification"]["passed"] and info["geometry"]["window"] == 6
+    assert info["kv_bytes_per_cached_token"] == 2 * 2 * 64 * 4  # layers x (K, V) x dim x fp32
+    assert info["dit_weight_bytes_per_parameter"] == pytest.approx(4.0, rel=0.01)
     # geometry is compiled in: changing it at run time is an error that says to recompile
     with pytest.raises(SystemExit, match="fixed when a plan is compiled"):
         main(["run", str(small_plan), "--prompt-embeds", str(small_ckpt / "prompt.safetensors"), "--window", "9",

@@ -1,0 +1,97 @@
+"""Every plan precision against the fp32 plan, on the tiny model: quality, weight bytes, DiT latency.
+
+For each precision the tiny model is compiled with the parity gate opened (--min-psnr 0) over BLOCKS
+blocks, so the measured quality is recorded whatever it is; then the DiT per-block latency of each plan
+is timed in the same run as the fp32 plan's and reported as a ratio (> 1: faster than fp32).
+
+    python bench/bench_precisions.py [--blocks 24] [--precisions fp32,fp16,bf16,int8,fp8,nvfp4]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from arvc.compiler.compile import CompileOptions, compile_plan
+from arvc.runtime.kv_cache import CacheGeometry
+from arvc.runtime.plan_session import PlanSession
+from arvc.runtime.schedule import Schedule
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a red circle moving right on a dark blue background"
+
+
+def block_latency(plan: Path, blocks: int) -> float:
+    session = PlanSession(plan)
+    gen = session.generator(seed=0)
+    gen.set_prompt(session.context_for(PROMPT))
+    times = []
+    for _ in range(blocks):
+        t = time.perf_counter()
+        gen.next_block()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", type=int, default=24, help="parity rollout length (quality)")
+    ap.add_argument("--timing-blocks", type=int, default=6)
+    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8,fp8,nvfp4")
+    ap.add_argument("--machine", default="cpu-2core")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args()
+    opts = dict(geometry=CacheGeometry(3, 12, 3, 21, "relative"), schedule=Schedule((1000.0, 900.0, 750.0, 500.0)),
+                height=128, width=128, min_psnr=0.0, verify_blocks=args.blocks, force=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        plans = {}
+        for p in args.precisions.split(","):
+            plans[p] = Path(tmp) / f"{p}.plan"
+            m = compile_plan(REPO / "models" / "tiny", plans[p], CompileOptions(precision=p, **opts), log=lambda _m: None)
+            v = m["verification"]
+            rows.append({"precision": p, "frame_psnr_db": v["frame_psnr_db"], "latent_psnr_db": v["latent_psnr_db"],
+                         "max_abs_latent_error": v["max_abs_latent_error"],
+                         "stage_psnr_db": {k: s["psnr_db"] for k, s in v["stages"].items()},
+                         "dit_weight_bytes": m["memory"]["weights_bytes"]["dit.safetensors"],
+                         "dit_weight_bytes_per_parameter": m["memory"]["dit_weight_bytes_per_parameter"],
+                         "quantized_weights": len(m["recipe"].get("quantized_weights", []))})
+            print(f"{p}: frame PSNR {v['frame_psnr_db']:.1f} dB over {v['blocks']} blocks", flush=True)
+        base = block_latency(plans["fp32"], args.timing_blocks)  # timed in the same run as the others
+        for r in rows:
+            t = block_latency(plans[r["precision"]], args.timing_blocks)
+            r.update(dit_block_s=round(t, 4), latency_ratio_fp32_over=round(base / t, 3))
+        fp32_bytes = next(r["dit_weight_bytes"] for r in rows if r["precision"] == "fp32")
+        for r in rows:
+            r["weight_bytes_ratio_vs_fp32"] = round(r["dit_weight_bytes"] / fp32_bytes, 4)
+
+    report = {"date": datetime.date.today().isoformat(), "blocks": args.blocks, "model": "models/tiny",
+              "machine": {"name": args.machine, "platform": platform.platform(),
+                          "physical_cores": psutil.cpu_count(logical=False)}, "results": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench_precisions-{args.machine}-{report['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Plan precisions vs fp32 — tiny model, {args.blocks} blocks, {args.machine}, {report['date']}", "",
+             "Weight-only quantization of the block linears (activations and KV cache fp32; embeddings and head "
+             "kept fp32). PSNR vs the fp32 PyTorch reference with the same noise; latency ratio fp32 / precision "
+             "(ONNX Runtime CPU decodes quantized weights to fp32 at load, so no speed-up is expected here).", "",
+             "| precision | frame PSNR (dB) | latent PSNR (dB) | DiT bytes/param | weight bytes vs fp32 | DiT block latency ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['precision']} | {r['frame_psnr_db']:.1f} | {r['latent_psnr_db']:.1f} | "
+                     f"{r['dit_weight_bytes_per_parameter']:.3f} | {r['weight_bytes_ratio_vs_fp32']:.3f} | "
+                     f"{r['latency_ratio_fp32_over']:.2f}x |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
