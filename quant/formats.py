@@ -33,8 +33,9 @@ class FormatTraits:
 TRAITS = {
     "int8": FormatTraits("int8", 8, 0, 0),
     "fp8": FormatTraits("fp8", 8, 0, 0),
-    # 16 elements: 8 bytes of packed E2M1 pairs + 1 byte E4M3 scale -> 4.5 bits per element
-    "nvfp4": FormatTraits("nvfp4", 4, NVFP4_BLOCK, 9),
+    # 16 elements: an 8-byte block of packed E2M1 pairs (arvc_nvfp4_block) + 1 byte of E4M3 scale in the
+    # scale plane -> 4.5 bits per element
+    "nvfp4": FormatTraits("nvfp4", 4, NVFP4_BLOCK, 8),
 }
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from arvc.quant.formats import NVFP4, Fp8E4M3, Int8, e2m1_codes, stored_bits_per_element
+from arvc.quant.formats import NVFP4, TRAITS, Fp8E4M3, Int8, e2m1_codes, stored_bits_per_element
 
 
 def test_int8_rounds_half_to_even_per_tensor():
@@ -106,3 +106,48 @@ def test_nvfp4_matches_nvidia_modelopt_bit_for_bit():
     assert ours["weight_scale_2"].item() == scale_2.item()
     assert torch.equal(NVFP4().decode(ours), q.dequantize(dtype=torch.float32, scale=scale, double_scale=scale_2,
                                                              block_sizes={-1: 16}))
+
+
+def test_the_c_definitions_decode_the_same_values(tmp_path):
+    """csrc/quant_formats.h, compiled with the system C compiler, decodes our encodings identically."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "a C compiler is part of the build machines (gcc 12)"
+    x = torch.tensor([BLOCK, [v * 0.37 for v in BLOCK]]) * 448
+    f = NVFP4().encode(x)
+    i8 = Int8("per_channel").encode(torch.tensor([[254.0, 1.0, -3.0], [5.0, -7.0, 0.25]]))
+    arr = lambda t, c: ", ".join(c(v) for v in t.reshape(-1).tolist())  # noqa: E731
+    src = tmp_path / "check.c"
+    src.write_text(f"""
+#include <stdio.h>
+#include "quant_formats.h"
+int main(void) {{
+    printf("%d\n", (int)sizeof(arvc_nvfp4_block));
+    static const uint8_t codes[] = {{{arr(f["weight"], str)}}};
+    static const arvc_e4m3 scales[] = {{{arr(f["weight_scale"], str)}}};
+    arvc_nvfp4_tensor t = {{(const arvc_nvfp4_block *)codes, scales, {f["weight_scale_2"].item()!r}f, 2, 16}};
+    for (int r = 0; r < 2; r++) for (int c = 0; c < 16; c++) printf("%.9g\\n", arvc_nvfp4_get(&t, r, c));
+    static const int8_t d[] = {{{arr(i8["data"], str)}}};
+    static const float s[] = {{{arr(i8["scale"], lambda v: repr(v) + "f")}}};
+    arvc_int8_channel_tensor q = {{d, s, 2, 3}};
+    for (int r = 0; r < 2; r++) for (int c = 0; c < 3; c++) printf("%.9g\\n", arvc_int8_get(&q, r, c));
+    for (int b = 0; b < 256; b++) printf("%.9g\\n", arvc_e4m3_value((arvc_e4m3)b));
+    return 0;
+}}
+""")
+    exe = tmp_path / "check"
+    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-I", str(REPO / "csrc"), str(src), "-o", str(exe), "-lm"],
+                   check=True)
+    got = [float(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
+    assert got.pop(0) == TRAITS["nvfp4"].block_bytes  # the one table and the C struct agree
+    want = NVFP4().decode(f).reshape(-1).tolist() + Int8("per_channel").decode(i8).reshape(-1).tolist()
+    e4m3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    # %.9g round-trips a float32 exactly: compare as float32, bit for bit
+    assert torch.equal(torch.tensor(got[:len(want)], dtype=torch.float32), torch.tensor(want, dtype=torch.float32))
+    c_e4m3 = torch.tensor(got[len(want):])
+    assert torch.equal(c_e4m3.isnan(), e4m3.isnan())
+    assert torch.equal(c_e4m3[~e4m3.isnan()], e4m3[~e4m3.isnan()])
