@@ -126,7 +126,7 @@ def test_the_c_definitions_decode_the_same_values(tmp_path):
 #include <stdio.h>
 #include "quant_formats.h"
 int main(void) {{
-    printf("%d\n", (int)sizeof(arvc_nvfp4_block));
+    printf("%d\\n", (int)sizeof(arvc_nvfp4_block));
     static const uint8_t codes[] = {{{arr(f["weight"], str)}}};
     static const arvc_e4m3 scales[] = {{{arr(f["weight_scale"], str)}}};
     arvc_nvfp4_tensor t = {{(const arvc_nvfp4_block *)codes, scales, {f["weight_scale_2"].item()!r}f, 2, 16}};
