@@ -212,7 +212,8 @@ def cmd_compile(args) -> int:
     files = resolve_checkpoint(args.checkpoint)
     _fill_defaults(args, files.defaults)
     opts = CompileOptions(geometry=_geometry(args), schedule=_schedule(args), height=args.height, width=args.width,
-                          fps=args.fps, precision=args.precision, target=args.target, min_psnr=args.min_psnr,
+                          fps=args.fps, precision=args.precision, kv_cache=args.kv_cache, target=args.target,
+                          min_psnr=args.min_psnr,
                           verify_blocks=args.verify_blocks, seed=args.seed, force=args.force)
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     log(f"compiling {args.checkpoint} -> {args.output} ({args.precision}, target {args.target})")
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint", help="model directory (model.safetensors + vae.safetensors [+ model.json]) or DiT file")
     c.add_argument("-o", "--output", required=True, help="plan directory to write (atomically)")
     c.add_argument("--precision", default="fp32", help="DiT weights: fp32 | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: block linears, weight-only)")
+    c.add_argument("--kv-cache", default="none", help="KV cache storage: none (fp32) | int8 (per token and head scales)")
     c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
     c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
     c.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")

@@ -24,7 +24,7 @@ from arvc.runtime.kv_cache import CacheGeometry
 from arvc.runtime.plan import FORMAT, MANIFEST, SCHEMA_VERSION, seal_manifest, sha256_file
 from arvc.runtime.schedule import Schedule
 
-from .recipe import DEFAULT_MIN_PSNR, Recipe, recipe_for
+from .recipe import Recipe, default_min_psnr, recipe_for
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -41,6 +41,7 @@ class CompileOptions:
     width: int
     fps: int = 16
     precision: str = "fp32"
+    kv_cache: str = "fp32"  # "fp32" (or "none") | "int8"
     target: str = "cpu"
     min_psnr: float | None = None
     verify_blocks: int | None = None
@@ -48,10 +49,11 @@ class CompileOptions:
     force: bool = False
 
 
-def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int) -> dict:
+def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int, kv_format: str) -> dict:
     n = geom.frames_per_block * tokens_per_frame
     nk = geom.capacity_frames * tokens_per_frame
-    kv = 2 * cfg.num_layers * nk * cfg.dim * 4
+    per_row = cfg.dim + 4 * cfg.num_heads if kv_format == "int8" else 4 * cfg.dim  # bytes (+ fp32 scales)
+    kv = 2 * cfg.num_layers * nk * per_row
     # peak live activations of one dit call (fp32): residual + a few [N, dim] temporaries, the FFN
     # hidden layer, and the attention probabilities of one layer over the cache
     act = 4 * (6 * n * cfg.dim + n * cfg.ffn_dim + cfg.num_heads * n * nk + 2 * nk * cfg.dim)
@@ -65,7 +67,7 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     output = Path(output)
     if output.exists() and not opts.force:
         raise CompileError(f"{output} already exists; pass --force to replace it (the old plan stays until the new one passes)")
-    recipe = recipe_for(opts.precision, opts.target)
+    recipe = recipe_for(opts.precision, opts.target, opts.kv_cache)
     if opts.target != "cpu":
         raise CompileError(f"--target {opts.target}: only 'cpu' (ONNX Runtime) is built by this arvc")
     t_all = time.perf_counter()
@@ -136,7 +138,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     t0 = step("write weights", t0)
 
     dit_w = ExternalWeights(tmp / "dit.safetensors")
-    shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope)
+    shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope,
+                       recipe.kv_cache)
     save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
     save_checked(build_dit_graph(cfg, shapes, dit_w), tmp / "dit.onnx")
     t0 = step("lower text + dit graphs", t0)
@@ -160,7 +163,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
 
     vae_state = sum(c * 2 * latent_hw[0] * sc * latent_hw[1] * sc for c, sc in vae.decoder.state_specs) * 4
     weights_bytes = {n: (tmp / n).stat().st_size for n in sorted(os.listdir(tmp)) if n.endswith(".safetensors")}
-    memory = {**_memory_estimate(cfg, geom, tpf), "weights_bytes": weights_bytes,
+    memory = {**_memory_estimate(cfg, geom, tpf, recipe.kv_cache), "weights_bytes": weights_bytes,
               "vae_state_bytes": 2 * vae_state,  # two state sets, used in turn
               "dit_weight_bytes_per_parameter": round(weights_bytes["dit.safetensors"] / cfg.param_count(), 4)}
     manifest = {
@@ -192,7 +195,7 @@ def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, 
 
     from .verify import default_blocks, diverged_stage, run_parity
 
-    min_psnr = opts.min_psnr if opts.min_psnr is not None else DEFAULT_MIN_PSNR[opts.precision]
+    min_psnr = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(opts.precision, manifest["recipe"]["kv_cache"])
     blocks = opts.verify_blocks or default_blocks(opts.geometry)
     session = PlanSession(tmp, verify=False)
     result = run_parity(session, dit, vae, blocks, opts.seed, encoder)

@@ -34,6 +34,7 @@ class DitShapes:
     latent_w: int
     cache_frames: int  # capacity of the KV cache in latent frames
     rope: str  # "absolute" | "relative"
+    kv_cache: str = "fp32"  # "fp32" | "int8" (per-token-per-head scales, quantized once on write)
 
     def tokens_per_frame(self, cfg: WanConfig) -> int:
         return (self.latent_h // cfg.patch_size[1]) * (self.latent_w // cfg.patch_size[2])
@@ -100,8 +101,12 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
     t = g.input("timestep", F64, [1])
     cross = [(g.input(f"cross_k_{i}", F32, [1, L, d]), g.input(f"cross_v_{i}", F32, [1, L, d]))
              for i in range(cfg.num_layers)]
-    caches = [(g.input(f"k_cache_{i}", F32, [Nk, d]), g.input(f"v_cache_{i}", F32, [Nk, d]))
+    kv_type = TensorProto.INT8 if shapes.kv_cache == "int8" else F32
+    caches = [(g.input(f"k_cache_{i}", kv_type, [Nk, d]), g.input(f"v_cache_{i}", kv_type, [Nk, d]))
               for i in range(cfg.num_layers)]
+    if shapes.kv_cache == "int8":
+        scales = [(g.input(f"k_scale_{i}", F32, [Nk, H]), g.input(f"v_scale_{i}", F32, [Nk, H]))
+                  for i in range(cfg.num_layers)]
     write_index = g.input("write_index", I64, [N, 1])
     key_valid = g.input("key_valid", BOOL, [Nk])
     q_cos, q_sin = g.input("rope_q_cos", F32, [1, N, half_head]), g.input("rope_q_sin", F32, [1, N, half_head])
@@ -133,8 +138,12 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
         if shapes.rope == "absolute":  # K is cached after RoPE, at absolute positions
             k = g.op("Reshape", [_rotate(g, g.op("Reshape", [k, to3]), q_cos, q_sin, H), to2])
         v = g.linear(h, f"{sa}.v")
-        k_all = g.op("ScatterND", [caches[i][0], write_index, k], out=f"k_cache_out_{i}")
-        v_all = g.op("ScatterND", [caches[i][1], write_index, v], out=f"v_cache_out_{i}")
+        if shapes.kv_cache == "int8":
+            k_all = _cache_write_int8(g, caches[i][0], scales[i][0], write_index, k, H, f"k_{i}", Nk, d)
+            v_all = _cache_write_int8(g, caches[i][1], scales[i][1], write_index, v, H, f"v_{i}", Nk, d)
+        else:
+            k_all = g.op("ScatterND", [caches[i][0], write_index, k], out=f"k_cache_out_{i}")
+            v_all = g.op("ScatterND", [caches[i][1], write_index, v], out=f"v_cache_out_{i}")
         keys = g.op("Reshape", [k_all, k_rows3])
         if shapes.rope == "relative":  # K cached un-rotated; window-relative positions applied here
             keys = _rotate(g, keys, k_cos, k_sin, H)
@@ -166,12 +175,32 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
     sigma = g.op("Cast", [g.op("Div", [t, g.const(1000.0, np.float64)])], to=F32)
     g.output(g.op("Sub", [latents, g.op("Mul", [v, sigma])]), "x0", F32, [1, C, F, hl, wl])
     for i in range(cfg.num_layers):
-        g.outputs.append(_value_info(f"k_cache_out_{i}", Nk, d))
-        g.outputs.append(_value_info(f"v_cache_out_{i}", Nk, d))
+        for kind in ("k", "v"):
+            g.outputs.append(_value_info(f"{kind}_cache_out_{i}", kv_type, [Nk, d]))
+            if shapes.kv_cache == "int8":
+                g.outputs.append(_value_info(f"{kind}_scale_out_{i}", F32, [Nk, H]))
     return g.model()
 
 
-def _value_info(name: str, rows: int, dim: int):
+def _cache_write_int8(g: GraphBuilder, cache: str, scale_cache: str, rows: str, x: str, heads: int, tag: str,
+                      nk: int, d: int) -> str:
+    """Quantize the block's rows once (symmetric INT8, one scale per token and head), write bytes and
+    scales in place, and return the whole cache dequantized to fp32 [Nk, d] for attention."""
+    n_head = g.const([-1, heads, d // heads], np.int64)
+    xh = g.op("Reshape", [x, n_head])  # [N, H, Dh]
+    amax = g.op("ReduceMax", [g.op("Abs", [xh]), g.const([2], np.int64)], keepdims=1)  # [N, H, 1]
+    scale = g.op("Where", [g.op("Greater", [amax, g.const(0.0)]), g.op("Div", [amax, g.const(127.0)]), g.const(1.0)])
+    q = g.op("Cast", [g.op("Clip", [g.op("Round", [g.op("Div", [xh, scale])]), g.const(-127.0), g.const(127.0)])],
+             to=TensorProto.INT8)
+    q_all = g.op("ScatterND", [cache, rows, g.op("Reshape", [q, g.const([-1, d], np.int64)])], out=f"{tag[0]}_cache_out_{tag[2:]}")
+    s_all = g.op("ScatterND", [scale_cache, rows, g.op("Reshape", [scale, g.const([-1, heads], np.int64)])],
+                 out=f"{tag[0]}_scale_out_{tag[2:]}")
+    deq = g.op("Mul", [g.op("Reshape", [g.op("Cast", [q_all], to=F32), g.const([nk, heads, d // heads], np.int64)]),
+                       g.op("Unsqueeze", [s_all, g.const([2], np.int64)])])
+    return g.op("Reshape", [deq, g.const([nk, d], np.int64)])
+
+
+def _value_info(name: str, elem_type: int, shape: list):
     from onnx import helper
 
-    return helper.make_tensor_value_info(name, F32, [rows, dim])
+    return helper.make_tensor_value_info(name, elem_type, shape)

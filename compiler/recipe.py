@@ -47,12 +47,24 @@ class Recipe:
         return cls(**{**d, "skip": tuple(d.get("skip", ()))})
 
 
-def recipe_for(precision: str, target: str = "cpu") -> Recipe:
+KV_FORMATS_BUILT = ("fp32", "int8")
+DEFAULT_MIN_PSNR_KV = {"int8": 38.0}  # the KV cache alone; the gate uses the lower of the two defaults
+
+
+def recipe_for(precision: str, target: str = "cpu", kv_cache: str = "fp32") -> Recipe:
+    kv_cache = "fp32" if kv_cache in (None, "none") else kv_cache
+    if kv_cache not in KV_FORMATS_BUILT:
+        raise ValueError(f"--kv-cache {kv_cache}: built KV-cache formats are {KV_FORMATS_BUILT} "
+                         "(none = fp32); fp8 and nvfp4 caches are not built yet")
+    name = precision if kv_cache == "fp32" else f"{precision}+kv-{kv_cache}"
     if precision in QUANTIZED_FORMATS:
-        # weight-only for now: block linears stored quantized, decoded before the GEMM; activations and
-        # the KV cache stay fp32 (activation and KV-cache quantization are the next steps)
-        return Recipe(name=precision, weights=precision, compute="fp32", kv_cache="fp32", skip=DEFAULT_SKIP)
+        # weights: block linears stored quantized, decoded before the GEMM; activations stay fp32
+        return Recipe(name=name, weights=precision, compute="fp32", kv_cache=kv_cache, skip=DEFAULT_SKIP)
     if precision not in FLOAT_FORMATS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {FLOAT_FORMATS + QUANTIZED_FORMATS}")
     # ORT's CPU kernels compute in fp32: fp16/bf16 plans store half-size weights and widen them on load.
-    return Recipe(name=precision, weights=precision, compute="fp32", kv_cache="fp32")
+    return Recipe(name=name, weights=precision, compute="fp32", kv_cache=kv_cache)
+
+
+def default_min_psnr(precision: str, kv_cache: str) -> float:
+    return min(DEFAULT_MIN_PSNR[precision], DEFAULT_MIN_PSNR_KV.get(kv_cache, float("inf")))

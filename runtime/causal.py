@@ -108,7 +108,7 @@ class CausalGenerator(CausalLoop):
     """The loop on the PyTorch reference DiT."""
 
     def __init__(self, model: WanDiT, geom: CacheGeometry, schedule: Schedule, latent_hw: tuple[int, int],
-                 seed: int = 0, batch: int = 1, device="cpu", recache_sink: bool = False):
+                 seed: int = 0, batch: int = 1, device="cpu", recache_sink: bool = False, kv_format: str = "fp32"):
         cfg = model.cfg
         ph, pw = cfg.patch_size[1:]
         if latent_hw[0] % ph or latent_hw[1] % pw:
@@ -116,7 +116,8 @@ class CausalGenerator(CausalLoop):
         super().__init__(geom, schedule, (batch, cfg.in_channels, geom.frames_per_block, *latent_hw), seed, device,
                          recache_sink)
         self.model, self.latent_hw, self.batch = model, latent_hw, batch
-        self.cache = KVCache.for_model(model, geom, (latent_hw[0] // ph, latent_hw[1] // pw), batch, device)
+        self.cache = KVCache.for_model(model, geom, (latent_hw[0] // ph, latent_hw[1] // pw), batch, device,
+                                       kv_format)
         self.cross_kv: list | None = None
 
     @torch.no_grad()

@@ -168,7 +168,12 @@ class KVCache:
     """The self-attention cache of every layer, written in place; implements ``attend`` for WanDiT.run."""
 
     def __init__(self, num_layers, num_heads, head_dim, geom: CacheGeometry, grid_hw: tuple[int, int], batch=1,
-                 dtype=torch.float32, device="cpu", rope_axis_dims=(44, 42, 42), rope_limit=1024):
+                 dtype=torch.float32, device="cpu", rope_axis_dims=(44, 42, 42), rope_limit=1024, kv_format="fp32"):
+        if kv_format not in ("fp32", "int8"):
+            raise ValueError(f"reference KV cache format {kv_format!r} unknown; choose fp32 or int8")
+        # int8: what a plan's quantized cache holds (one scale per token and head, quantized once on
+        # write), emulated by storing decode(encode(x)); the reference for the plan's int8 cache
+        self.kv_format = kv_format
         self.geom, self.grid_hw = geom, grid_hw
         self.frame_tokens = grid_hw[0] * grid_hw[1]
         self.rope_axis_dims = rope_axis_dims
@@ -179,10 +184,18 @@ class KVCache:
         self._call: CallPlan | None = None
 
     @classmethod
-    def for_model(cls, model, geom: CacheGeometry, grid_hw, batch=1, device="cpu"):
+    def for_model(cls, model, geom: CacheGeometry, grid_hw, batch=1, device="cpu", kv_format="fp32"):
         c = model.cfg
         return cls(c.num_layers, c.num_heads, c.head_dim, geom, grid_hw, batch, model.compute_dtype, device,
-                   c.rope_axis_dims, c.rope_max_positions)
+                   c.rope_axis_dims, c.rope_max_positions, kv_format)
+
+    def _stored(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kv_format == "fp32":
+            return x
+        from arvc.quant.formats import Int8
+
+        fmt = Int8("per_token")  # x: [B, N, H, Dh] -> one scale per (token, head)
+        return fmt.decode(fmt.encode(x)).to(x.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -216,6 +229,7 @@ class KVCache:
             raise RuntimeError("KVCache.attend called before begin_call")
         if self._rope_k is None:
             k = self._rope_q.rotate(k)  # absolute: stored rotated
+        k, v = self._stored(k), self._stored(v)
         for c0, c1, n0, n1 in self._runs:
             self.k[layer, :, c0:c1].copy_(k[:, n0:n1])
             self.v[layer, :, c0:c1].copy_(v[:, n0:n1])

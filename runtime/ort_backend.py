@@ -82,13 +82,19 @@ class OrtBackend:
         # KV cache, bound in place once
         self.kv_arrays, self.kv_values = [], []
         self._dit_binding = self.dit.io_binding()
+        kv_int8 = manifest["recipe"].get("kv_cache") == "int8"
+        heads = m["num_heads"]
         for i in range(self.num_layers):
             for kind in ("k", "v"):
-                arr, val = _zeros_value((self.cache_rows, self.dim))
-                self.kv_arrays.append(arr)
-                self.kv_values.append(val)
-                self._dit_binding.bind_ortvalue_input(f"{kind}_cache_{i}", val)
-                self._dit_binding.bind_ortvalue_output(f"{kind}_cache_out_{i}", val)
+                buffers = [("cache", (self.cache_rows, self.dim), np.int8 if kv_int8 else np.float32)]
+                if kv_int8:  # one fp32 scale per cached token and head
+                    buffers.append(("scale", (self.cache_rows, heads), np.float32))
+                for part, shape, dtype in buffers:
+                    arr, val = _zeros_value(shape, dtype)
+                    self.kv_arrays.append(arr)
+                    self.kv_values.append(val)
+                    self._dit_binding.bind_ortvalue_input(f"{kind}_{part}_{i}", val)
+                    self._dit_binding.bind_ortvalue_output(f"{kind}_{part}_out_{i}", val)
         x_shape = next(o.shape for o in self.dit.get_outputs() if o.name == "x0")
         self._x0_array, self._x0_value = _zeros_value(x_shape)
         self._dit_binding.bind_ortvalue_output("x0", self._x0_value)

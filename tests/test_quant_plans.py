@@ -52,3 +52,20 @@ def test_quantized_plan_decodes_exactly_what_the_format_stores(ckpt, tmp_path, f
     session = arvc.load(tmp_path / "q.plan")
     result = run_parity(session, ref.eval(), vae.eval(), blocks=4)
     assert result["max_abs_latent_error"] <= 1e-4 and result["frame_psnr_db"] >= 60.0
+
+
+@pytest.mark.parametrize("rope", ["absolute", "relative"])
+def test_int8_kv_cache_plan_equals_the_reference_with_the_same_cache_format(ckpt, tmp_path, rope):
+    d, vae = ckpt
+    opts = CompileOptions(CacheGeometry(3, 6, 3, rope=rope), Schedule((1000.0, 500.0)), 32, 32, kv_cache="int8",
+                          min_psnr=0.0, verify_blocks=4)
+    m = compile_plan(d, tmp_path / "kv.plan", opts, log=lambda _m: None)
+    assert m["recipe"]["kv_cache"] == "int8" and m["precision"] == "fp32+kv-int8"
+    # bytes per cached row: dim int8 values + one fp32 scale per head (vs 4 * dim in fp32)
+    rows = m["resolution"]["cache_tokens"]
+    assert m["memory"]["kv_cache_bytes"] == 2 * CFG.num_layers * rows * (CFG.dim + 4 * CFG.num_heads)
+    session = arvc.load(tmp_path / "kv.plan")
+    assert {a.dtype for a in session.backend.kv_arrays} == {np.dtype(np.int8), np.dtype(np.float32)}
+    ref = init_random_weights_(WanDiT(CFG), seed=2).eval()
+    result = run_parity(session, ref, vae.eval(), blocks=4, reference_kv="int8")  # past the 6-frame window
+    assert result["max_abs_latent_error"] <= 1e-4 and result["frame_psnr_db"] >= 60.0
