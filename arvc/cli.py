@@ -212,7 +212,8 @@ def cmd_compile(args) -> int:
     files = resolve_checkpoint(args.checkpoint)
     _fill_defaults(args, files.defaults)
     opts = CompileOptions(geometry=_geometry(args), schedule=_schedule(args), height=args.height, width=args.width,
-                          fps=args.fps, precision=args.precision, kv_cache=args.kv_cache, target=args.target,
+                          fps=args.fps, precision=args.precision, kv_cache=args.kv_cache,
+                          kv_sink=args.kv_sink_precision, target=args.target,
                           min_psnr=args.min_psnr,
                           verify_blocks=args.verify_blocks, seed=args.seed, force=args.force)
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
@@ -248,7 +249,12 @@ def _plan_summary(plan_dir) -> dict:
                          "activations (dit call, estimate)": mem["dit_activation_bytes_estimate"],
                          "vae_state": mem["vae_state_bytes"]},
         "dit_weight_bytes_per_parameter": mem.get("dit_weight_bytes_per_parameter"),
-        "kv_bytes_per_cached_token": mem["kv_cache_bytes"] // m["resolution"]["cache_tokens"],
+        "quantized_linear_bytes_per_parameter": mem.get("quantized_linear_bytes_per_parameter"),
+        "kv_cache": m["recipe"].get("kv_cache", "fp32"), "kv_sink": m["recipe"].get("kv_sink"),
+        "kv_bytes_per_cached_token": mem.get("kv_bytes_per_cached_token",
+                                             mem["kv_cache_bytes"] // m["resolution"]["cache_tokens"]),
+        "kv_bytes_per_sink_token": mem.get("kv_bytes_per_sink_token"),
+        "kv_bytes_vs_fp16": mem.get("kv_bytes_vs_fp16"),
         "quantized_weights": len(m["recipe"].get("quantized_weights", [])),
         "verification": m["verification"], "versions": m["versions"], "files": len(m["files"]),
     }
@@ -275,9 +281,14 @@ def _inspect_plan(args) -> int:
     for k, v in info["memory_bytes"].items():
         mt.add_row(k, f"{v / 2**20:.2f}")
     console.print(mt)
-    console.print(f"DiT weight bytes per parameter: {info['dit_weight_bytes_per_parameter']} "
-                  f"({info['quantized_weights']} quantized linears); KV cache bytes per cached token "
-                  f"(all layers, K+V): {info['kv_bytes_per_cached_token']}")
+    q = info["quantized_linear_bytes_per_parameter"]
+    console.print(f"DiT weight bytes per parameter: {info['dit_weight_bytes_per_parameter']} (all tensors); "
+                  + (f"{q} in the {info['quantized_weights']} quantized linears, scales included "
+                     f"({q / 2:.3f}x of fp16)" if q else "no quantized linears"))
+    sink = f"; sink ({info['kv_sink']}): {info['kv_bytes_per_sink_token']}" if info["kv_sink"] else ""
+    ratio = f" ({info['kv_bytes_vs_fp16']}x of fp16)" if info["kv_bytes_vs_fp16"] else ""
+    console.print(f"KV cache ({info['kv_cache']}) bytes per cached token, all layers, K+V: "
+                  f"{info['kv_bytes_per_cached_token']}{ratio}{sink}")
     v = info["verification"]
     vt = Table(title=f"verification ({'passed' if v['passed'] else 'FAILED'}, gate {v['min_psnr_db']} dB)")
     vt.add_column("measure")
@@ -419,7 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint", help="model directory (model.safetensors + vae.safetensors [+ model.json]) or DiT file")
     c.add_argument("-o", "--output", required=True, help="plan directory to write (atomically)")
     c.add_argument("--precision", default="fp32", help="DiT weights: fp32 | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: block linears, weight-only)")
-    c.add_argument("--kv-cache", default="none", help="KV cache storage: none (fp32) | int8 (per token and head scales)")
+    c.add_argument("--kv-cache", default="none",
+                   help="KV cache storage: none (fp32) | fp16 | int8 | fp8 | nvfp4 (quantized once on write, one scale "
+                        "per token and head)")
+    c.add_argument("--kv-sink-precision", default="same",
+                   help="storage of the sink frames, which every later block attends to: same (as --kv-cache) | fp32 | "
+                        "fp16 | int8 | fp8 | nvfp4")
     c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
     c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
     c.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")

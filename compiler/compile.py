@@ -41,7 +41,8 @@ class CompileOptions:
     width: int
     fps: int = 16
     precision: str = "fp32"
-    kv_cache: str = "fp32"  # "fp32" (or "none") | "int8"
+    kv_cache: str = "fp32"  # quant/kv.py KV_FORMATS ("none" = fp32)
+    kv_sink: str | None = None  # the sink frames' KV format, None / "same" = kv_cache
     target: str = "cpu"
     min_psnr: float | None = None
     verify_blocks: int | None = None
@@ -49,15 +50,34 @@ class CompileOptions:
     force: bool = False
 
 
-def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int, kv_format: str) -> dict:
+def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int, recipe: Recipe) -> dict:
+    from arvc.quant.kv import kv_row_bytes
+
     n = geom.frames_per_block * tokens_per_frame
     nk = geom.capacity_frames * tokens_per_frame
-    per_row = cfg.dim + 4 * cfg.num_heads if kv_format == "int8" else 4 * cfg.dim  # bytes (+ fp32 scales)
-    kv = 2 * cfg.num_layers * nk * per_row
+    row = kv_row_bytes(recipe.kv_cache, cfg.dim, cfg.num_heads)  # one layer's K (or V) for one token
+    per_layer = 2 * cfg.num_layers
+    if recipe.kv_sink:  # two sets of buffers, each with one scratch row (compiler/lower_kv.py)
+        sink = geom.sink * tokens_per_frame
+        sink_row = kv_row_bytes(recipe.kv_sink, cfg.dim, cfg.num_heads)
+        kv = per_layer * ((sink + 1) * sink_row + (nk - sink + 1) * row)
+    else:
+        sink_row, kv = row, per_layer * nk * row
     # peak live activations of one dit call (fp32): residual + a few [N, dim] temporaries, the FFN
     # hidden layer, and the attention probabilities of one layer over the cache
     act = 4 * (6 * n * cfg.dim + n * cfg.ffn_dim + cfg.num_heads * n * nk + 2 * nk * cfg.dim)
-    return {"kv_cache_bytes": kv, "dit_activation_bytes_estimate": act}
+    return {"kv_cache_bytes": kv, "kv_bytes_per_cached_token": per_layer * row,
+            "kv_bytes_per_sink_token": per_layer * sink_row,
+            "kv_bytes_vs_fp16": round(row / (2 * cfg.dim), 4), "dit_activation_bytes_estimate": act}
+
+
+def _quantized_bytes_per_parameter(stored: dict, quantized: list[str], original: dict) -> float | None:
+    """Bytes of the quantized linears as stored (scales included) per parameter: what the format costs."""
+    if not quantized:
+        return None
+    nbytes = sum(t.numel() * t.element_size() for name in quantized for k, t in stored.items()
+                 if k in (name, f"{name}_scale", f"{name}_scale_2"))
+    return round(nbytes / sum(original[name].numel() for name in quantized), 4)
 
 
 def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOptions,
@@ -67,7 +87,10 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     output = Path(output)
     if output.exists() and not opts.force:
         raise CompileError(f"{output} already exists; pass --force to replace it (the old plan stays until the new one passes)")
-    recipe = recipe_for(opts.precision, opts.target, opts.kv_cache)
+    recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink)
+    if recipe.kv_sink and not opts.geometry.sink:
+        raise CompileError(f"--kv-sink-precision {recipe.kv_sink} needs sink frames; this geometry has none "
+                           "(pass --window and --sink, or drop --kv-sink-precision)")
     if opts.target != "cpu":
         raise CompileError(f"--target {opts.target}: only 'cpu' (ONNX Runtime) is built by this arvc")
     t_all = time.perf_counter()
@@ -139,7 +162,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
 
     dit_w = ExternalWeights(tmp / "dit.safetensors")
     shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope,
-                       recipe.kv_cache)
+                       recipe.kv_cache, recipe.kv_sink, geom.sink)
     save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
     save_checked(build_dit_graph(cfg, shapes, dit_w), tmp / "dit.onnx")
     t0 = step("lower text + dit graphs", t0)
@@ -163,7 +186,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
 
     vae_state = sum(c * 2 * latent_hw[0] * sc * latent_hw[1] * sc for c, sc in vae.decoder.state_specs) * 4
     weights_bytes = {n: (tmp / n).stat().st_size for n in sorted(os.listdir(tmp)) if n.endswith(".safetensors")}
-    memory = {**_memory_estimate(cfg, geom, tpf, recipe.kv_cache), "weights_bytes": weights_bytes,
+    memory = {**_memory_estimate(cfg, geom, tpf, recipe), "weights_bytes": weights_bytes,
+              "quantized_linear_bytes_per_parameter": _quantized_bytes_per_parameter(stored, quantized, dit.state_dict()),
               "vae_state_bytes": 2 * vae_state,  # two state sets, used in turn
               "dit_weight_bytes_per_parameter": round(weights_bytes["dit.safetensors"] / cfg.param_count(), 4)}
     manifest = {
@@ -195,7 +219,8 @@ def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, 
 
     from .verify import default_blocks, diverged_stage, run_parity
 
-    min_psnr = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(opts.precision, manifest["recipe"]["kv_cache"])
+    min_psnr = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(
+        opts.precision, manifest["recipe"]["kv_cache"], manifest["recipe"]["kv_sink"])
     blocks = opts.verify_blocks or default_blocks(opts.geometry)
     session = PlanSession(tmp, verify=False)
     result = run_parity(session, dit, vae, blocks, opts.seed, encoder)

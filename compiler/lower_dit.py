@@ -8,10 +8,11 @@ both gets an in-place cache write. Semantics are those of ``arvc.model.dit`` (te
 
 dit graph, per call (F frames of T tokens, N = F*T; cache of Nk = capacity_frames*T tokens):
   inputs  latents [1,C,F,H,W] f32 · timestep [1] f64 · cross_k_i / cross_v_i [1,L,dim]
-          k_cache_i / v_cache_i [Nk,dim] · write_index [N,1] i64 (cache rows of the block's tokens)
+          k_cache_i / v_cache_i [Nk,dim] (+ scale / block_scale parts and sink buffers of a quantized
+          cache: compiler/lower_kv.py) · write_index [N,1] i64 (cache rows of the block's tokens)
           key_valid [Nk] bool (rows attended) · rope_q_cos / rope_q_sin [1,N,Dh/2]
           (relative RoPE only) rope_k_cos / rope_k_sin [1,Nk,Dh/2]
-  outputs x0 [1,C,F,H,W] f32 (= latents - t/1000 * v) · k_cache_out_i / v_cache_out_i
+  outputs x0 [1,C,F,H,W] f32 (= latents - t/1000 * v) · k_cache_out_i / v_cache_out_i (and every part's _out)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from onnx import TensorProto
 
 from arvc.model.config import WanConfig
 
+from . import lower_kv
 from .onnx_graph import ExternalWeights, GraphBuilder
 
 F32, F64, I64, BOOL = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
@@ -34,7 +36,9 @@ class DitShapes:
     latent_w: int
     cache_frames: int  # capacity of the KV cache in latent frames
     rope: str  # "absolute" | "relative"
-    kv_cache: str = "fp32"  # "fp32" | "int8" (per-token-per-head scales, quantized once on write)
+    kv_cache: str = "fp32"  # quant/kv.py KV_FORMATS: quantized once on write, per token and head
+    kv_sink: str | None = None  # the sink frames' format when it differs from kv_cache (own buffers)
+    sink_frames: int = 0
 
     def tokens_per_frame(self, cfg: WanConfig) -> int:
         return (self.latent_h // cfg.patch_size[1]) * (self.latent_w // cfg.patch_size[2])
@@ -101,12 +105,12 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
     t = g.input("timestep", F64, [1])
     cross = [(g.input(f"cross_k_{i}", F32, [1, L, d]), g.input(f"cross_v_{i}", F32, [1, L, d]))
              for i in range(cfg.num_layers)]
-    kv_type = TensorProto.INT8 if shapes.kv_cache == "int8" else F32
-    caches = [(g.input(f"k_cache_{i}", kv_type, [Nk, d]), g.input(f"v_cache_{i}", kv_type, [Nk, d]))
-              for i in range(cfg.num_layers)]
-    if shapes.kv_cache == "int8":
-        scales = [(g.input(f"k_scale_{i}", F32, [Nk, H]), g.input(f"v_scale_{i}", F32, [Nk, H]))
-                  for i in range(cfg.num_layers)]
+    sink_rows = shapes.sink_frames * T if shapes.kv_sink else 0
+    # split cache: sink rows + scratch in one set of buffers, ring rows + scratch in the other
+    regions = [("", shapes.kv_cache, Nk)] if not sink_rows else \
+        [("sink_", shapes.kv_sink, sink_rows + 1), ("", shapes.kv_cache, Nk - sink_rows + 1)]
+    caches = [{kind: [lower_kv.cache_inputs(g, fmt, rows, d, H, kind, i, region) for region, fmt, rows in regions]
+               for kind in ("k", "v")} for i in range(cfg.num_layers)]
     write_index = g.input("write_index", I64, [N, 1])
     key_valid = g.input("key_valid", BOOL, [Nk])
     q_cos, q_sin = g.input("rope_q_cos", F32, [1, N, half_head]), g.input("rope_q_sin", F32, [1, N, half_head])
@@ -124,6 +128,16 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
     mask = g.op("Expand", [g.op("Reshape", [key_valid, g.const([1, 1, 1, Nk], np.int64)]),
                            g.const([1, 1, N, Nk], np.int64)])
     k_rows3 = g.const([1, Nk, d], np.int64)
+    region_rows = [write_index] if not sink_rows else list(lower_kv.split_rows(g, write_index, sink_rows, Nk))
+
+    def cache_write(buffers: list, x2: str) -> str:  # -> every cached row, fp32 [Nk, dim]
+        reads = [lower_kv.write_and_read(g, fmt, b, idx, x2, H, rows, d)
+                 for b, idx, (_, fmt, rows) in zip(buffers, region_rows, regions)]
+        if not sink_rows:
+            return reads[0]
+        return g.op("Concat", [lower_kv.first_rows(g, reads[0], sink_rows),
+                               lower_kv.first_rows(g, reads[1], Nk - sink_rows)], axis=0)
+
     for i in range(cfg.num_layers):
         p = f"blocks.{i}"
         mod = g.op("Add", [g.op("Reshape", [g.weight(f"{p}.modulation"), g.const([6, d], np.int64)]), e0])
@@ -138,12 +152,7 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
         if shapes.rope == "absolute":  # K is cached after RoPE, at absolute positions
             k = g.op("Reshape", [_rotate(g, g.op("Reshape", [k, to3]), q_cos, q_sin, H), to2])
         v = g.linear(h, f"{sa}.v")
-        if shapes.kv_cache == "int8":
-            k_all = _cache_write_int8(g, caches[i][0], scales[i][0], write_index, k, H, f"k_{i}", Nk, d)
-            v_all = _cache_write_int8(g, caches[i][1], scales[i][1], write_index, v, H, f"v_{i}", Nk, d)
-        else:
-            k_all = g.op("ScatterND", [caches[i][0], write_index, k], out=f"k_cache_out_{i}")
-            v_all = g.op("ScatterND", [caches[i][1], write_index, v], out=f"v_cache_out_{i}")
+        k_all, v_all = cache_write(caches[i]["k"], k), cache_write(caches[i]["v"], v)
         keys = g.op("Reshape", [k_all, k_rows3])
         if shapes.rope == "relative":  # K cached un-rotated; window-relative positions applied here
             keys = _rotate(g, keys, k_cos, k_sin, H)
@@ -174,33 +183,4 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
     v = g.op("Reshape", [u, g.const([1, cfg.out_channels, F, hl, wl], np.int64)])
     sigma = g.op("Cast", [g.op("Div", [t, g.const(1000.0, np.float64)])], to=F32)
     g.output(g.op("Sub", [latents, g.op("Mul", [v, sigma])]), "x0", F32, [1, C, F, hl, wl])
-    for i in range(cfg.num_layers):
-        for kind in ("k", "v"):
-            g.outputs.append(_value_info(f"{kind}_cache_out_{i}", kv_type, [Nk, d]))
-            if shapes.kv_cache == "int8":
-                g.outputs.append(_value_info(f"{kind}_scale_out_{i}", F32, [Nk, H]))
     return g.model()
-
-
-def _cache_write_int8(g: GraphBuilder, cache: str, scale_cache: str, rows: str, x: str, heads: int, tag: str,
-                      nk: int, d: int) -> str:
-    """Quantize the block's rows once (symmetric INT8, one scale per token and head), write bytes and
-    scales in place, and return the whole cache dequantized to fp32 [Nk, d] for attention."""
-    n_head = g.const([-1, heads, d // heads], np.int64)
-    xh = g.op("Reshape", [x, n_head])  # [N, H, Dh]
-    amax = g.op("ReduceMax", [g.op("Abs", [xh]), g.const([2], np.int64)], keepdims=1)  # [N, H, 1]
-    scale = g.op("Where", [g.op("Greater", [amax, g.const(0.0)]), g.op("Div", [amax, g.const(127.0)]), g.const(1.0)])
-    q = g.op("Cast", [g.op("Clip", [g.op("Round", [g.op("Div", [xh, scale])]), g.const(-127.0), g.const(127.0)])],
-             to=TensorProto.INT8)
-    q_all = g.op("ScatterND", [cache, rows, g.op("Reshape", [q, g.const([-1, d], np.int64)])], out=f"{tag[0]}_cache_out_{tag[2:]}")
-    s_all = g.op("ScatterND", [scale_cache, rows, g.op("Reshape", [scale, g.const([-1, heads], np.int64)])],
-                 out=f"{tag[0]}_scale_out_{tag[2:]}")
-    deq = g.op("Mul", [g.op("Reshape", [g.op("Cast", [q_all], to=F32), g.const([nk, heads, d // heads], np.int64)]),
-                       g.op("Unsqueeze", [s_all, g.const([2], np.int64)])])
-    return g.op("Reshape", [deq, g.const([nk, d], np.int64)])
-
-
-def _value_info(name: str, elem_type: int, shape: list):
-    from onnx import helper
-
-    return helper.make_tensor_value_info(name, elem_type, shape)

@@ -44,9 +44,9 @@ def verification_prompts(session: PlanSession, seed: int = 1234):
 
 @torch.no_grad()
 def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_encoder=None,
-               reference_kv: str = "fp32") -> dict:
-    """reference_kv: the reference's KV-cache storage (fp32 measures quality; the plan's own format
-    measures the lowering alone)."""
+               reference_kv: str = "fp32", reference_kv_sink: str | None = None) -> dict:
+    """reference_kv (and reference_kv_sink): the reference's KV-cache storage (fp32 measures quality;
+    the plan's own formats measure the lowering alone)."""
     ctx_a, ctx_b = verification_prompts(session)
     ref_a, ref_b = torch.from_numpy(ctx_a), torch.from_numpy(ctx_b)
     stages = {}
@@ -65,7 +65,7 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
 
     # dit over the rollout, same seed, same switch
     ref_gen = CausalGenerator(dit, session.geometry, session.schedule, session.latent_hw, seed=seed,
-                              kv_format=reference_kv)
+                              kv_format=reference_kv, kv_sink_format=reference_kv_sink)
     plan_gen = session.generator(seed)
     ref_gen.set_prompt(ref_a)
     plan_gen.set_prompt(ctx_a)

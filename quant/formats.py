@@ -131,33 +131,42 @@ class NVFP4:
     Along the last dimension, blocks of 16: ``scale_2 = amax(x) / (6 * 448)`` (fp32, 1 for an all-zero
     tensor); ``block_scale = e4m3(clamp(block_amax / (6 * scale_2), 2^-9, 448))`` (1 for an all-zero
     block); code = E2M1 of ``x / (block_scale * scale_2)``; element 2i in the low nibble, 2i+1 high.
+
+    ``granularity`` of scale_2: ``per_tensor`` (weights, as modelopt stores them) or ``per_token`` (one
+    scale_2 per row of the last dimension: the KV cache, where rows are written one block at a time and
+    a tensor-wide amax does not exist yet).
     """
 
+    granularity: str = "per_tensor"
     fields = (("weight", "uint8 (two E2M1 codes)", "[..., n/2]"),
-              ("weight_scale", "uint8 (E4M3 bits)", "[..., n/16]"), ("weight_scale_2", "float32", "[]"))
+              ("weight_scale", "uint8 (E4M3 bits)", "[..., n/16]"), ("weight_scale_2", "float32", "[] or [...]"))
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_finite(x, "nvfp4 encode")
         if x.shape[-1] % NVFP4_BLOCK:
             raise ValueError(f"nvfp4: the last dimension ({x.shape[-1]}) must be a multiple of {NVFP4_BLOCK}; "
                              "keep this tensor at higher precision (recipe skip) or pad it")
+        if self.granularity not in ("per_tensor", "per_token"):
+            raise ValueError(f"nvfp4 granularity {self.granularity!r} unknown; choose per_tensor or per_token")
         xf = x.float()
-        amax = xf.abs().amax()
-        scale_2 = amax / (6 * E4M3_MAX) if amax > 0 else torch.tensor(1.0)
+        amax = _amax(xf, self.granularity)  # [1] or [...]
+        scale_2 = torch.where(amax > 0, amax / (6 * E4M3_MAX), torch.ones_like(amax))
+        s2 = scale_2.reshape(()) if self.granularity == "per_tensor" else scale_2.unsqueeze(-1)  # vs [..., nb]
         blocks = xf.reshape(*x.shape[:-1], -1, NVFP4_BLOCK)  # [..., nb, 16]
         block_amax = blocks.abs().amax(dim=-1)
-        raw = (block_amax / (6 * scale_2)).clamp(2.0**-9, E4M3_MAX)
+        raw = (block_amax / (6 * s2)).clamp(2.0**-9, E4M3_MAX)
         block_scale = torch.where(block_amax > 0, e4m3_round(raw), torch.ones_like(raw))
-        codes = e2m1_codes(blocks / (block_scale * scale_2).unsqueeze(-1)).reshape(*x.shape[:-1], -1)
+        codes = e2m1_codes(blocks / (block_scale * s2).unsqueeze(-1)).reshape(*x.shape[:-1], -1)
         packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
         return {"weight": packed, "weight_scale": block_scale.to(torch.float8_e4m3fn).view(torch.uint8),
-                "weight_scale_2": scale_2.float().reshape(())}
+                "weight_scale_2": s2.squeeze(-1) if self.granularity == "per_token" else s2}
 
     def decode(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
         packed = f["weight"]
         codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(*packed.shape[:-1], -1)
         vals = e2m1_values(codes).reshape(*codes.shape[:-1], -1, NVFP4_BLOCK)
-        scale = f["weight_scale"].view(torch.float8_e4m3fn).float() * f["weight_scale_2"]
+        s2 = f["weight_scale_2"]
+        scale = f["weight_scale"].view(torch.float8_e4m3fn).float() * (s2.unsqueeze(-1) if s2.dim() else s2)
         return (vals * scale.unsqueeze(-1)).reshape(codes.shape)
 
 

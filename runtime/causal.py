@@ -108,7 +108,8 @@ class CausalGenerator(CausalLoop):
     """The loop on the PyTorch reference DiT."""
 
     def __init__(self, model: WanDiT, geom: CacheGeometry, schedule: Schedule, latent_hw: tuple[int, int],
-                 seed: int = 0, batch: int = 1, device="cpu", recache_sink: bool = False, kv_format: str = "fp32"):
+                 seed: int = 0, batch: int = 1, device="cpu", recache_sink: bool = False, kv_format: str = "fp32",
+                 kv_sink_format: str | None = None):
         cfg = model.cfg
         ph, pw = cfg.patch_size[1:]
         if latent_hw[0] % ph or latent_hw[1] % pw:
@@ -117,7 +118,7 @@ class CausalGenerator(CausalLoop):
                          recache_sink)
         self.model, self.latent_hw, self.batch = model, latent_hw, batch
         self.cache = KVCache.for_model(model, geom, (latent_hw[0] // ph, latent_hw[1] // pw), batch, device,
-                                       kv_format)
+                                       kv_format, kv_sink_format)
         self.cross_kv: list | None = None
 
     @torch.no_grad()

@@ -168,14 +168,21 @@ class KVCache:
     """The self-attention cache of every layer, written in place; implements ``attend`` for WanDiT.run."""
 
     def __init__(self, num_layers, num_heads, head_dim, geom: CacheGeometry, grid_hw: tuple[int, int], batch=1,
-                 dtype=torch.float32, device="cpu", rope_axis_dims=(44, 42, 42), rope_limit=1024, kv_format="fp32"):
-        if kv_format not in ("fp32", "int8"):
-            raise ValueError(f"reference KV cache format {kv_format!r} unknown; choose fp32 or int8")
-        # int8: what a plan's quantized cache holds (one scale per token and head, quantized once on
-        # write), emulated by storing decode(encode(x)); the reference for the plan's int8 cache
-        self.kv_format = kv_format
+                 dtype=torch.float32, device="cpu", rope_axis_dims=(44, 42, 42), rope_limit=1024, kv_format="fp32",
+                 kv_sink_format: str | None = None):
+        from arvc.quant.kv import KV_FORMATS
+
+        for f in (kv_format, kv_sink_format or kv_format):
+            if f not in KV_FORMATS:
+                raise ValueError(f"reference KV cache format {f!r} unknown; choose one of {KV_FORMATS}")
+        if kv_sink_format and not geom.sink:
+            raise ValueError("a sink precision needs a sink (--sink > 0 with a rolling window)")
+        # a quantized format is what a plan's cache holds (one scale per token and head, quantized once
+        # on write), emulated by storing decode(encode(x)): the reference for the plan's cache
+        self.kv_format, self.kv_sink_format = kv_format, kv_sink_format or kv_format
         self.geom, self.grid_hw = geom, grid_hw
         self.frame_tokens = grid_hw[0] * grid_hw[1]
+        self.sink_rows = geom.sink * self.frame_tokens
         self.rope_axis_dims = rope_axis_dims
         self.slots = SlotMap(geom, rope_limit)
         shape = (num_layers, batch, geom.capacity_frames * self.frame_tokens, num_heads, head_dim)
@@ -184,18 +191,21 @@ class KVCache:
         self._call: CallPlan | None = None
 
     @classmethod
-    def for_model(cls, model, geom: CacheGeometry, grid_hw, batch=1, device="cpu", kv_format="fp32"):
+    def for_model(cls, model, geom: CacheGeometry, grid_hw, batch=1, device="cpu", kv_format="fp32",
+                  kv_sink_format: str | None = None):
         c = model.cfg
         return cls(c.num_layers, c.num_heads, c.head_dim, geom, grid_hw, batch, model.compute_dtype, device,
-                   c.rope_axis_dims, c.rope_max_positions, kv_format)
+                   c.rope_axis_dims, c.rope_max_positions, kv_format, kv_sink_format)
 
-    def _stored(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kv_format == "fp32":
-            return x
-        from arvc.quant.formats import Int8
+    def _write(self, cache: torch.Tensor, x: torch.Tensor) -> None:
+        # x: [B, N, H, Dh] of the block; each run of cache rows is stored in its region's format
+        from arvc.quant.kv import kv_round_trip
 
-        fmt = Int8("per_token")  # x: [B, N, H, Dh] -> one scale per (token, head)
-        return fmt.decode(fmt.encode(x)).to(x.dtype)
+        for c0, c1, n0, _n1 in self._runs:
+            cuts = sorted({c0, c1, min(max(self.sink_rows, c0), c1)})
+            for a, b in zip(cuts, cuts[1:]):
+                fmt = self.kv_sink_format if a < self.sink_rows else self.kv_format
+                cache[:, a:b].copy_(kv_round_trip(x[:, n0 + a - c0:n0 + b - c0], fmt))
 
     @property
     def nbytes(self) -> int:
@@ -229,10 +239,8 @@ class KVCache:
             raise RuntimeError("KVCache.attend called before begin_call")
         if self._rope_k is None:
             k = self._rope_q.rotate(k)  # absolute: stored rotated
-        k, v = self._stored(k), self._stored(v)
-        for c0, c1, n0, n1 in self._runs:
-            self.k[layer, :, c0:c1].copy_(k[:, n0:n1])
-            self.v[layer, :, c0:c1].copy_(v[:, n0:n1])
+        self._write(self.k[layer], k)
+        self._write(self.v[layer], v)
         n = plan.num_key_slots * self.frame_tokens
         keys, vals = self.k[layer, :, :n], self.v[layer, :, :n]  # views, no copy
         if self._rope_k is not None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arvc.quant.kv import kv_parts
+
 
 def physical_cores() -> int:
     try:
@@ -82,19 +84,20 @@ class OrtBackend:
         # KV cache, bound in place once
         self.kv_arrays, self.kv_values = [], []
         self._dit_binding = self.dit.io_binding()
-        kv_int8 = manifest["recipe"].get("kv_cache") == "int8"
-        heads = m["num_heads"]
+        recipe, heads = manifest["recipe"], m["num_heads"]
+        regions = [("", recipe.get("kv_cache", "fp32"), self.cache_rows)]
+        if recipe.get("kv_sink"):  # sink rows + 1 scratch row, ring rows + 1 scratch row (compiler/lower_kv.py)
+            sink_rows = manifest["geometry"]["sink"] * res["tokens_per_frame"]
+            regions = [("sink_", recipe["kv_sink"], sink_rows + 1), ("", recipe["kv_cache"], self.cache_rows - sink_rows + 1)]
         for i in range(self.num_layers):
             for kind in ("k", "v"):
-                buffers = [("cache", (self.cache_rows, self.dim), np.int8 if kv_int8 else np.float32)]
-                if kv_int8:  # one fp32 scale per cached token and head
-                    buffers.append(("scale", (self.cache_rows, heads), np.float32))
-                for part, shape, dtype in buffers:
-                    arr, val = _zeros_value(shape, dtype)
-                    self.kv_arrays.append(arr)
-                    self.kv_values.append(val)
-                    self._dit_binding.bind_ortvalue_input(f"{kind}_{part}_{i}", val)
-                    self._dit_binding.bind_ortvalue_output(f"{kind}_{part}_out_{i}", val)
+                for region, fmt, rows in regions:
+                    for part in kv_parts(fmt, self.dim, heads):
+                        arr, val = _zeros_value((rows, part.width), part.dtype)
+                        self.kv_arrays.append(arr)
+                        self.kv_values.append(val)
+                        self._dit_binding.bind_ortvalue_input(f"{kind}_{region}{part.name}_{i}", val)
+                        self._dit_binding.bind_ortvalue_output(f"{kind}_{region}{part.name}_out_{i}", val)
         x_shape = next(o.shape for o in self.dit.get_outputs() if o.name == "x0")
         self._x0_array, self._x0_value = _zeros_value(x_shape)
         self._dit_binding.bind_ortvalue_output("x0", self._x0_value)
