@@ -205,15 +205,34 @@ def cmd_run_plan(args) -> int:
     return 0
 
 
+RECIPE_FLAG_DEFAULTS = {"precision": "fp32", "kv_cache": "none", "kv_sink_precision": "same"}
+
+
+def _recipe_settings(args) -> dict:
+    """--recipe FILE fills the precision flags the command line left unset; explicit flags win."""
+    from arvc.compiler.recipe import read_recipe_file
+
+    try:
+        settings = read_recipe_file(args.recipe) if args.recipe else {}
+    except ValueError as e:
+        raise SystemExit(f"arvc compile: {e}") from None
+    for key, default in RECIPE_FLAG_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, settings.get(key, default))
+    return settings
+
+
 def cmd_compile(args) -> int:
     from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
     from arvc.runtime.torch_models import resolve_checkpoint
 
     files = resolve_checkpoint(args.checkpoint)
     _fill_defaults(args, files.defaults)
+    recipe = _recipe_settings(args)
     opts = CompileOptions(geometry=_geometry(args), schedule=_schedule(args), height=args.height, width=args.width,
                           fps=args.fps, precision=args.precision, kv_cache=args.kv_cache,
-                          kv_sink=args.kv_sink_precision, target=args.target,
+                          kv_sink=args.kv_sink_precision, keep=recipe.get("keep"), layer_formats=recipe.get("layers"),
+                          sensitivity=args.sensitivity, target=args.target,
                           min_psnr=args.min_psnr,
                           verify_blocks=args.verify_blocks, seed=args.seed, force=args.force)
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
@@ -223,13 +242,30 @@ def cmd_compile(args) -> int:
     except CompileError as e:
         print(f"arvc compile: refused: {e}", file=sys.stderr)
         return 3
-    v = manifest["verification"]
+    v, sens = manifest["verification"], manifest["recipe"].get("sensitivity")
     if args.json:
-        print(json.dumps({"plan": str(args.output), "verification": v}, indent=2))
+        print(json.dumps({"plan": str(args.output), "verification": v, "sensitivity": sens}, indent=2))
     else:
+        if sens:
+            _print_sensitivity(sens)
         print(f"wrote plan {args.output}: frame PSNR {v['frame_psnr_db']:.1f} dB, latent max abs error "
               f"{v['max_abs_latent_error']:.2e} over {v['blocks']} blocks (gate {v['min_psnr_db']:.0f} dB)")
     return 0
+
+
+def _print_sensitivity(sens: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"sensitivity ({sens['format']}, {sens['blocks']} blocks; worst first)")
+    for col in ("layer", "SQNR (dB)", "latent PSNR, alone (dB)", "kept full precision"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for r in sens["layers"]:
+        t.add_row(r["layer"], f"{r['sqnr_db']:.2f}", f"{r['latent_psnr_db_alone']:.2f}",
+                  "yes" if r["layer"] in sens["kept"] else "")
+    Console(stderr=True).print(t)
+    print(f"mixed recipe: {len(sens['kept'])} layer(s) kept full precision, frame PSNR {sens['frame_psnr_db']:.2f} dB "
+          f"(target {sens['target_frame_psnr_db']:.1f}, {'met' if sens['met'] else 'NOT met'})", file=sys.stderr)
 
 
 def _plan_summary(plan_dir) -> dict:
@@ -429,11 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a checkpoint to a verified plan (ONNX graphs + manifest)")
     c.add_argument("checkpoint", help="model directory (model.safetensors + vae.safetensors [+ model.json]) or DiT file")
     c.add_argument("-o", "--output", required=True, help="plan directory to write (atomically)")
-    c.add_argument("--precision", default="fp32", help="DiT weights: fp32 | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: block linears, weight-only)")
-    c.add_argument("--kv-cache", default="none",
+    c.add_argument("--precision", help="DiT weights: fp32 (default) | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: the "
+                                        "block linears)")
+    c.add_argument("--recipe", help="JSON recipe file: precision settings and per-layer overrides (keep a layer at "
+                                    "full precision, or another weight format); flags given here win")
+    c.add_argument("--sensitivity", action="store_true",
+                   help="measure each quantized layer (SQNR, end-to-end PSNR), keep the worst at full precision until "
+                        "--min-psnr is met, and record the table in the manifest")
+    c.add_argument("--kv-cache",
                    help="KV cache storage: none (fp32) | fp16 | int8 | fp8 | nvfp4 (quantized once on write, one scale "
                         "per token and head)")
-    c.add_argument("--kv-sink-precision", default="same",
+    c.add_argument("--kv-sink-precision",
                    help="storage of the sink frames, which every later block attends to: same (as --kv-cache) | fp32 | "
                         "fp16 | int8 | fp8 | nvfp4")
     c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")

@@ -1,10 +1,12 @@
-"""Every plan precision against the fp32 plan, on the tiny model: quality, weight bytes, DiT latency.
+"""Every plan precision against the fp32 plan, on the tiny model: quality, memory, DiT latency.
 
-For each precision the tiny model is compiled with the parity gate opened (--min-psnr 0) over BLOCKS
-blocks, so the measured quality is recorded whatever it is; then the DiT per-block latency of each plan
-is timed in the same run as the fp32 plan's and reported as a ratio (> 1: faster than fp32).
+A variant is ``WEIGHTS[/kv=FORMAT][/sink=FORMAT][/act=static|dynamic][/scales=per-layer|per-timestep]``
+(compile options). Each is compiled with the parity gate opened (--min-psnr 0) over BLOCKS blocks, so
+the measured quality is recorded whatever it is; then the DiT per-block latency of each plan is timed
+in the same run as the fp32 plan's and reported as a ratio (> 1: faster than fp32), with the weight
+and KV-cache byte ratios.
 
-    python bench/bench_precisions.py [--blocks 24] [--precisions fp32,fp16,bf16,int8,fp8,nvfp4]
+    python bench/bench_precisions.py [--blocks 24] [--variants fp32,int8,fp32/kv=fp8,...] [--name NAME]
 """
 from __future__ import annotations
 
@@ -40,11 +42,27 @@ def block_latency(plan: Path, blocks: int) -> float:
     return statistics.median(times[1:])
 
 
+DEFAULT_VARIANTS = "fp32,fp16,bf16,int8,fp8,nvfp4"
+OPTION_KEYS = {"kv": "kv_cache", "sink": "kv_sink", "act": "activations", "scales": "act_scales"}
+
+
+def parse_variant(spec: str) -> dict:
+    weights, *rest = spec.split("/")
+    opts = {"precision": weights}
+    for item in rest:
+        key, _, value = item.partition("=")
+        if key not in OPTION_KEYS or not value:
+            raise SystemExit(f"variant {spec!r}: {item!r} is not one of {', '.join(k + '=...' for k in OPTION_KEYS)}")
+        opts[OPTION_KEYS[key]] = value
+    return opts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, default=24, help="parity rollout length (quality)")
     ap.add_argument("--timing-blocks", type=int, default=6)
-    ap.add_argument("--precisions", default="fp32,fp16,bf16,int8,fp8,nvfp4")
+    ap.add_argument("--variants", "--precisions", default=DEFAULT_VARIANTS, help="comma-separated variants")
+    ap.add_argument("--name", default="bench_precisions", help="result file stem")
     ap.add_argument("--machine", default="cpu-2core")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
@@ -53,41 +71,54 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         plans = {}
-        for p in args.precisions.split(","):
-            plans[p] = Path(tmp) / f"{p}.plan"
-            m = compile_plan(REPO / "models" / "tiny", plans[p], CompileOptions(precision=p, **opts), log=lambda _m: None)
-            v = m["verification"]
-            rows.append({"precision": p, "frame_psnr_db": v["frame_psnr_db"], "latent_psnr_db": v["latent_psnr_db"],
+        variants = args.variants.split(",")
+        if "fp32" not in variants:
+            variants.insert(0, "fp32")  # the baseline of every ratio
+        for p in variants:
+            plans[p] = Path(tmp) / f"{p.replace('/', '_').replace('=', '-')}.plan"
+            m = compile_plan(REPO / "models" / "tiny", plans[p], CompileOptions(**parse_variant(p), **opts),
+                             log=lambda _m: None)
+            v, mem = m["verification"], m["memory"]
+            rows.append({"precision": p, "recipe": m["precision"], "frame_psnr_db": v["frame_psnr_db"],
+                         "latent_psnr_db": v["latent_psnr_db"],
                          "max_abs_latent_error": v["max_abs_latent_error"],
                          "stage_psnr_db": {k: s["psnr_db"] for k, s in v["stages"].items()},
                          "dit_weight_bytes": m["memory"]["weights_bytes"]["dit.safetensors"],
-                         "dit_weight_bytes_per_parameter": m["memory"]["dit_weight_bytes_per_parameter"],
+                         "dit_weight_bytes_per_parameter": mem["dit_weight_bytes_per_parameter"],
+                         "quantized_linear_bytes_per_parameter": mem.get("quantized_linear_bytes_per_parameter"),
+                         "kv_cache_bytes": mem["kv_cache_bytes"],
+                         "kv_bytes_per_cached_token": mem["kv_bytes_per_cached_token"],
+                         "kv_bytes_vs_fp16": mem["kv_bytes_vs_fp16"],
                          "quantized_weights": len(m["recipe"].get("quantized_weights", []))})
             print(f"{p}: frame PSNR {v['frame_psnr_db']:.1f} dB over {v['blocks']} blocks", flush=True)
         base = block_latency(plans["fp32"], args.timing_blocks)  # timed in the same run as the others
         for r in rows:
             t = block_latency(plans[r["precision"]], args.timing_blocks)
             r.update(dit_block_s=round(t, 4), latency_ratio_fp32_over=round(base / t, 3))
-        fp32_bytes = next(r["dit_weight_bytes"] for r in rows if r["precision"] == "fp32")
+        fp32 = next(r for r in rows if r["precision"] == "fp32")
         for r in rows:
-            r["weight_bytes_ratio_vs_fp32"] = round(r["dit_weight_bytes"] / fp32_bytes, 4)
+            r["weight_bytes_ratio_vs_fp32"] = round(r["dit_weight_bytes"] / fp32["dit_weight_bytes"], 4)
+            r["kv_bytes_ratio_vs_fp32"] = round(r["kv_cache_bytes"] / fp32["kv_cache_bytes"], 4)
 
     report = {"date": datetime.date.today().isoformat(), "blocks": args.blocks, "model": "models/tiny",
               "machine": {"name": args.machine, "platform": platform.platform(),
                           "physical_cores": psutil.cpu_count(logical=False)}, "results": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench_precisions-{args.machine}-{report['date']}"
+    stem = out / f"{args.name}-{args.machine}-{report['date']}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Plan precisions vs fp32 — tiny model, {args.blocks} blocks, {args.machine}, {report['date']}", "",
-             "Weight-only quantization of the block linears (activations and KV cache fp32; embeddings and head "
-             "kept fp32). PSNR vs the fp32 PyTorch reference with the same noise; latency ratio fp32 / precision "
-             "(ONNX Runtime CPU decodes quantized weights to fp32 at load, so no speed-up is expected here).", "",
-             "| precision | frame PSNR (dB) | latent PSNR (dB) | DiT bytes/param | weight bytes vs fp32 | DiT block latency ratio |",
-             "|---|---|---|---|---|---|"]
+             "Variant = weights[/kv=KV cache][/sink=sink frames][/act=activations]; quantized weights are the block "
+             "linears (embeddings and head kept fp32). PSNR vs the fp32 PyTorch reference (fp32 cache) with the same "
+             "noise; latency ratio = fp32 plan / variant, timed in the same run.", "",
+             "| variant | frame PSNR (dB) | latent PSNR (dB) | quantized linear bytes/param | DiT weight bytes vs fp32 "
+             "| KV bytes/token (vs fp16) | KV bytes vs fp32 | DiT block latency ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        q = r["quantized_linear_bytes_per_parameter"]
         lines.append(f"| {r['precision']} | {r['frame_psnr_db']:.1f} | {r['latent_psnr_db']:.1f} | "
-                     f"{r['dit_weight_bytes_per_parameter']:.3f} | {r['weight_bytes_ratio_vs_fp32']:.3f} | "
+                     f"{q if q else '-'} | {r['weight_bytes_ratio_vs_fp32']:.3f} | "
+                     f"{r['kv_bytes_per_cached_token']} ({r['kv_bytes_vs_fp16']}x) | {r['kv_bytes_ratio_vs_fp32']:.3f} | "
                      f"{r['latency_ratio_fp32_over']:.2f}x |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

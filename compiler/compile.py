@@ -43,6 +43,9 @@ class CompileOptions:
     precision: str = "fp32"
     kv_cache: str = "fp32"  # quant/kv.py KV_FORMATS ("none" = fp32)
     kv_sink: str | None = None  # the sink frames' KV format, None / "same" = kv_cache
+    keep: dict | None = None  # layer pattern -> why it stays full precision (recipe file)
+    layer_formats: dict | None = None  # layer pattern -> weight format (recipe file)
+    sensitivity: bool = False  # sweep the layers and keep the worst at full precision to meet min_psnr
     target: str = "cpu"
     min_psnr: float | None = None
     verify_blocks: int | None = None
@@ -87,7 +90,9 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     output = Path(output)
     if output.exists() and not opts.force:
         raise CompileError(f"{output} already exists; pass --force to replace it (the old plan stays until the new one passes)")
-    recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink)
+    recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats)
+    if opts.sensitivity and recipe.weights not in ("int8", "fp8", "nvfp4"):
+        raise CompileError(f"--sensitivity sweeps quantized layers; --precision {opts.precision} quantizes none")
     if recipe.kv_sink and not opts.geometry.sink:
         raise CompileError(f"--kv-sink-precision {recipe.kv_sink} needs sink frames; this geometry has none "
                            "(pass --window and --sink, or drop --kv-sink-precision)")
@@ -119,11 +124,16 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     latent_hw = (opts.height // s, opts.width // s)
     tpf = (latent_hw[0] // ph) * (latent_hw[1] // pw)
     t0 = step("load + validate", t0)
+    sensitivity = None
+    if opts.sensitivity:
+        recipe, sensitivity = _sensitivity(dit, vae, encoder, recipe, opts, latent_hw, log)
+        t0 = step("sensitivity sweep", t0)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".compiling"))
     try:
         manifest = _build(tmp, dit, vae, encoder, recipe, opts, latent_hw, tpf, files, step, t0)
+        manifest["recipe"]["sensitivity"] = sensitivity
         t0 = time.perf_counter()
         _verify(tmp, manifest, dit, vae, encoder, opts, log)
         t0 = step("parity gate vs reference", t0)
@@ -153,7 +163,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     else:
         from arvc.quant.weights import quantize_state_dict
 
-        stored, quantized = quantize_state_dict(dit.state_dict(), recipe.weights, recipe.skip)
+        stored, quantized = quantize_state_dict(dit.state_dict(), recipe.weights, recipe.skip, recipe.weight_format)
     write_safetensors_atomic(tmp / "dit.safetensors", stored)
     write_safetensors_atomic(tmp / "vae.safetensors", vae.state_dict())
     if encoder is not None:
@@ -201,7 +211,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
         "resolution": {"height": opts.height, "width": opts.width, "fps": opts.fps, "latent_h": latent_hw[0],
                        "latent_w": latent_hw[1], "tokens_per_frame": tpf,
                        "tokens_per_block": tpf * geom.frames_per_block, "cache_tokens": tpf * geom.capacity_frames},
-        "precision": recipe.name, "recipe": {**recipe.to_dict(), "quantized_weights": quantized},
+        "precision": recipe.name, "recipe": {**recipe.to_dict(), "quantized_weights": quantized,
+                                             "kept_layers": _kept_layers(dit, recipe)},
         "stages": stages, "memory": memory,
         "target": {"name": opts.target, "backend": "ort", "providers": ["CPUExecutionProvider"], "opset": OPSET},
         "versions": {"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
@@ -212,6 +223,36 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     }
     (tmp / MANIFEST).write_text(seal_manifest(manifest))
     return manifest
+
+
+def _kept_layers(dit, recipe: Recipe) -> dict:
+    """Every layer left at full precision by a quantized recipe, and why (manifest: the recipe actually used)."""
+    import fnmatch
+
+    if recipe.weights not in ("int8", "fp8", "nvfp4"):
+        return {}
+    why, kept = dict(recipe.keep), {}
+    for name, t in dit.state_dict().items():
+        layer = name.rsplit(".weight", 1)[0]
+        pattern = next((p for p in recipe.skip if fnmatch.fnmatchcase(layer, p)), None)
+        if name.endswith(".weight") and t.dim() >= 2 and pattern is not None:  # linears and the patch conv
+            kept[layer] = why.get(pattern, "default: embeddings and head are tiny and sensitive")
+    return kept
+
+
+def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log):
+    from dataclasses import replace
+
+    from .sensitivity import sweep
+    from .verify import default_blocks
+
+    target = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(opts.precision, recipe.kv_cache,
+                                                                               recipe.kv_sink)
+    blocks = opts.verify_blocks or default_blocks(opts.geometry)
+    result = sweep(dit, vae, encoder, recipe.weights, recipe.skip, opts.geometry, opts.schedule, latent_hw, blocks,
+                   target, opts.seed, log)
+    keep = recipe.keep + tuple(result["kept"].items())
+    return replace(recipe, skip=recipe.skip + tuple(result["kept"]), keep=keep), result
 
 
 def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, log) -> None:

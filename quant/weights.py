@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Callable
 
 import torch
 
@@ -48,12 +49,15 @@ def dequantize_weight(stored: dict[str, torch.Tensor], fmt: str) -> torch.Tensor
                            "weight_scale_2": stored["_scale_2"]})
 
 
-def quantize_state_dict(sd: dict[str, torch.Tensor], fmt: str, skip: tuple[str, ...]) -> tuple[dict, list[str]]:
-    """-> (tensors to store, names of the quantized weights)."""
+def quantize_state_dict(sd: dict[str, torch.Tensor], fmt: str, skip: tuple[str, ...],
+                        format_of: Callable[[str], str] | None = None) -> tuple[dict, list[str]]:
+    """-> (tensors to store, names of the quantized weights). ``format_of(layer)`` picks a per-layer
+    format (a recipe's layer_formats); default ``fmt`` for every layer."""
     out, quantized = {}, []
     for name, t in sd.items():
         if QUANTIZABLE.match(name) and not is_skipped(name, skip):
-            for suffix, value in quantize_weight(t.float(), fmt).items():
+            layer_fmt = format_of(name.rsplit(".weight", 1)[0]) if format_of else fmt
+            for suffix, value in quantize_weight(t.float(), layer_fmt).items():
                 out[name + suffix] = value.contiguous()
             quantized.append(name)
         else:
@@ -61,12 +65,14 @@ def quantize_state_dict(sd: dict[str, torch.Tensor], fmt: str, skip: tuple[str, 
     return out, quantized
 
 
-def fake_quantized_state_dict(sd: dict[str, torch.Tensor], fmt: str, skip: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def fake_quantized_state_dict(sd: dict[str, torch.Tensor], fmt: str, skip: tuple[str, ...],
+                              format_of: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
     """The fp32 weights a plan's graphs compute with (quantize then decode): the reference for lowering tests."""
     out = {}
     for name, t in sd.items():
         if QUANTIZABLE.match(name) and not is_skipped(name, skip):
-            out[name] = dequantize_weight(quantize_weight(t.float(), fmt), fmt)
+            layer_fmt = format_of(name.rsplit(".weight", 1)[0]) if format_of else fmt
+            out[name] = dequantize_weight(quantize_weight(t.float(), layer_fmt), layer_fmt)
         else:
             out[name] = t
     return out

@@ -5,29 +5,23 @@ import pytest
 import torch
 
 import arvc
-from arvc.checkpoints.load import save_dit
-from arvc.checkpoints.safetensors_io import read_safetensors_header, write_safetensors_atomic
+from arvc.checkpoints.safetensors_io import read_safetensors_header
 from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
 from arvc.compiler.verify import run_parity
-from arvc.model.config import WanConfig, WanVAEConfig
+from arvc.model.config import WanConfig
 from arvc.model.dit import WanDiT, init_random_weights_
-from arvc.model.vae import WanVAEDecoder
-from arvc.model.vae import init_random_weights_ as init_vae_
 from arvc.quant.weights import fake_quantized_state_dict
 from arvc.runtime.kv_cache import CacheGeometry
 from arvc.runtime.schedule import Schedule
 
-# in/ffn dims multiples of 16 (NVFP4 blocks)
-CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
+from conftest import SMALL_CFG_ARGS
+
+CFG = WanConfig(**SMALL_CFG_ARGS)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("qckpt")
-    save_dit(d / "model.safetensors", init_random_weights_(WanDiT(CFG), seed=2).state_dict(), CFG)
-    vae = init_vae_(WanVAEDecoder(WanVAEConfig(base_dim=4)), seed=2)
-    write_safetensors_atomic(d / "vae.safetensors", {k: v.contiguous() for k, v in vae.state_dict().items()})
-    return d, vae
+@pytest.fixture
+def ckpt(small_ckpt):
+    return small_ckpt
 
 
 @pytest.mark.parametrize("fmt,dtypes", [("int8", {"I8", "F32"}), ("fp8", {"F8_E4M3", "F32"}),
