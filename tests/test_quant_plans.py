@@ -39,6 +39,10 @@ def test_quantized_plan_decodes_exactly_what_the_format_stores(ckpt, tmp_path, f
     assert header["head.head.weight"]["dtype"] == "F32"  # skipped layers stay full precision
     bpp = manifest["memory"]["dit_weight_bytes_per_parameter"]
     assert bpp < {"int8": 2.6, "fp8": 2.6, "nvfp4": 2.1}[fmt]  # fp32 is 4; biases/norms/skips stay fp32 here
+    # the quantized linears alone, scales included: 1 byte + 4 per output row (0.53x of fp16), or
+    # NVFP4's 4.5 bits + one fp32 scale_2 per tensor (0.28x of fp16)
+    q = manifest["memory"]["quantized_linear_bytes_per_parameter"]
+    assert (1.0 < q < 1.07) if fmt != "nvfp4" else (0.5625 < q < 0.565)
 
     ref = WanDiT(CFG)
     sd = init_random_weights_(WanDiT(CFG), seed=2).state_dict()
