@@ -250,7 +250,7 @@ def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent
                                                                                recipe.kv_sink)
     blocks = opts.verify_blocks or default_blocks(opts.geometry)
     result = sweep(dit, vae, encoder, recipe.weights, recipe.skip, opts.geometry, opts.schedule, latent_hw, blocks,
-                   target, opts.seed, log)
+                   target, opts.seed, log, (recipe.kv_cache, recipe.kv_sink))
     keep = recipe.keep + tuple(result["kept"].items())
     return replace(recipe, skip=recipe.skip + tuple(result["kept"]), keep=keep), result
 

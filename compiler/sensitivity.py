@@ -40,8 +40,9 @@ def reference_prompts(cfg, encoder, seed: int = 1234) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def rollout(dit, geom, schedule, latent_hw, prompts, blocks: int, seed: int) -> np.ndarray:
-    gen = CausalGenerator(dit, geom, schedule, latent_hw, seed=seed)
+def rollout(dit, geom, schedule, latent_hw, prompts, blocks: int, seed: int,
+            kv: tuple[str, str | None] = ("fp32", None)) -> np.ndarray:
+    gen = CausalGenerator(dit, geom, schedule, latent_hw, seed=seed, kv_format=kv[0], kv_sink_format=kv[1])
     gen.set_prompt(prompts[0])
     out = []
     for b in range(blocks):
@@ -99,8 +100,12 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
 
 
 def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, latent_hw, blocks: int,
-          min_psnr: float, seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """-> {"layers": [per-layer rows, worst first], "kept": {layer: why}, "frame_psnr_db": mixed recipe's}."""
+          min_psnr: float, seed: int = 0, log: Callable[[str], None] = print,
+          kv: tuple[str, str | None] = ("fp32", None)) -> dict:
+    """-> {"layers": [per-layer rows, worst first], "kept": {layer: why}, "frame_psnr_db": mixed recipe's}.
+
+    Layers alone are measured with an fp32 cache (their own cost); the mixed recipe with the recipe's
+    KV-cache formats ``kv`` (what the plan will do)."""
     prompts = reference_prompts(dit.cfg, encoder)
     layers = quantizable_layers(dit, skip)
     if not layers:
@@ -128,7 +133,7 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
     def frame_psnr_keeping(k: int) -> float:  # the k worst layers kept at full precision
         if k not in measured:
             with quantized(dit, [r["layer"] for r in rows[k:]], fmt):
-                lat = rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed)
+                lat = rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed, kv)
             measured[k] = psnr(ref_frames, _decode_reference(vae, lat), 2.0)
             log(f"  mixed recipe: {len(rows) - k} quantized, {k} kept full precision: frame PSNR {measured[k]:.2f} dB "
                 f"(target {min_psnr:.1f})")
