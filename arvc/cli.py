@@ -258,8 +258,9 @@ def _print_sensitivity(sens: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"sensitivity ({sens['format']}, {sens['blocks']} blocks; worst first)")
-    for col in ("layer", "SQNR (dB)", "latent PSNR, alone (dB)", "kept full precision"):
-        t.add_column(col, justify="left" if col == "layer" else "right")
+    t.add_column("layer", no_wrap=True, min_width=22)
+    for col in ("SQNR (dB)", "latent PSNR, alone (dB)", "kept full precision"):
+        t.add_column(col, justify="right")
     for r in sens["layers"]:
         t.add_row(r["layer"], f"{r['sqnr_db']:.2f}", f"{r['latent_psnr_db_alone']:.2f}",
                   "yes" if r["layer"] in sens["kept"] else "")

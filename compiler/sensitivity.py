@@ -114,9 +114,10 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
     inputs = _sample_inputs(dit, layers, lambda: rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed), seed)
     ref_lat = rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed)
     peak = float(np.abs(ref_lat).max())
-    rows = []
+    rows, grad = [], torch.is_grad_enabled()
     for i, name in enumerate(layers):
         lin = modules[name]
+        torch.set_grad_enabled(False)  # the module's parameters require grad; nothing here trains
         y = torch.nn.functional.linear(inputs[name], lin.weight.float(), lin.bias.float())
         with quantized(dit, [name], fmt):
             yq = torch.nn.functional.linear(inputs[name], lin.weight.float(), lin.bias.float())
@@ -125,6 +126,7 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
                      "latent_psnr_db_alone": round(psnr(ref_lat, lat, peak), 2)})
         log(f"  sensitivity {i + 1:3d}/{len(layers)} {name:<28} SQNR {rows[-1]['sqnr_db']:6.2f} dB, "
             f"alone: latent PSNR {rows[-1]['latent_psnr_db_alone']:6.2f} dB")
+    torch.set_grad_enabled(grad)
     rows.sort(key=lambda r: (r["latent_psnr_db_alone"], r["sqnr_db"]))
 
     ref_frames = _decode_reference(vae, ref_lat)
