@@ -24,7 +24,7 @@ import torch
 from arvc.quant.weights import QUANTIZABLE, dequantize_weight, is_skipped, quantize_weight
 from arvc.runtime.causal import CausalGenerator
 
-from .verify import _decode_reference, psnr
+from .verify import decode_reference, psnr
 
 SAMPLE_ROWS = 2048  # input rows kept per layer for SQNR (a random subset of every call's tokens)
 
@@ -129,14 +129,14 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
     torch.set_grad_enabled(grad)
     rows.sort(key=lambda r: (r["latent_psnr_db_alone"], r["sqnr_db"]))
 
-    ref_frames = _decode_reference(vae, ref_lat)
+    ref_frames = decode_reference(vae, ref_lat)
     measured: dict[int, float] = {}
 
     def frame_psnr_keeping(k: int) -> float:  # the k worst layers kept at full precision
         if k not in measured:
             with quantized(dit, [r["layer"] for r in rows[k:]], fmt):
                 lat = rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed, kv)
-            measured[k] = psnr(ref_frames, _decode_reference(vae, lat), 2.0)
+            measured[k] = psnr(ref_frames, decode_reference(vae, lat), 2.0)
             log(f"  mixed recipe: {len(rows) - k} quantized, {k} kept full precision: frame PSNR {measured[k]:.2f} dB "
                 f"(target {min_psnr:.1f})")
         return measured[k]

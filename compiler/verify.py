@@ -81,9 +81,9 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
     latent_psnr = psnr(ref_lat_a, plan_lat_a, float(np.abs(ref_lat_a).max()))
 
     # vae alone (reference latents through both) and end to end
-    ref_frames = _decode_reference(vae, ref_lat_a)
-    plan_on_ref = _decode_plan(session, ref_lat_a)
-    plan_frames = _decode_plan(session, plan_lat_a)
+    ref_frames = decode_reference(vae, ref_lat_a)
+    plan_on_ref = decode_plan(session, ref_lat_a)
+    plan_frames = decode_plan(session, plan_lat_a)
     vae_psnr = psnr(ref_frames, plan_on_ref, 2.0)
     frame_psnr = psnr(ref_frames, plan_frames, 2.0)
     return {
@@ -107,7 +107,7 @@ def diverged_stage(result: dict, min_psnr: float) -> str | None:
     return None
 
 
-def _decode_reference(vae, latents: np.ndarray) -> np.ndarray:
+def decode_reference(vae, latents: np.ndarray) -> np.ndarray:
     # latents [1, z, T, h, w] -> [3, frames, H, W]
     state = vae.init_state(1, latents.shape[3], latents.shape[4])
     z = torch.from_numpy(latents).to(vae.conv2.weight.dtype)
@@ -115,7 +115,7 @@ def _decode_reference(vae, latents: np.ndarray) -> np.ndarray:
     return torch.cat(out, dim=2)[0].float().numpy()
 
 
-def _decode_plan(session: PlanSession, latents: np.ndarray) -> np.ndarray:
+def decode_plan(session: PlanSession, latents: np.ndarray) -> np.ndarray:
     session.backend.reset_vae()
     out = [session.backend.run_vae(latents[:, :, i:i + 1], i == 0)[0].copy() for i in range(latents.shape[2])]
     return np.concatenate(out, axis=1)
