@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 
 
@@ -205,7 +206,8 @@ def cmd_run_plan(args) -> int:
     return 0
 
 
-RECIPE_FLAG_DEFAULTS = {"precision": "fp32", "kv_cache": "none", "kv_sink_precision": "same"}
+RECIPE_FLAG_DEFAULTS = {"precision": "fp32", "kv_cache": "none", "kv_sink_precision": "same", "activations": "none",
+                        "act_scales": "per-layer", "calib_prompts": None, "calib_blocks": None}
 
 
 def _recipe_settings(args) -> dict:
@@ -216,6 +218,8 @@ def _recipe_settings(args) -> dict:
         settings = read_recipe_file(args.recipe) if args.recipe else {}
     except ValueError as e:
         raise SystemExit(f"arvc compile: {e}") from None
+    if settings.get("calib_prompts"):  # a recipe's relative path is relative to the recipe file
+        settings["calib_prompts"] = str(Path(args.recipe).parent / settings["calib_prompts"])
     for key, default in RECIPE_FLAG_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, settings.get(key, default))
@@ -232,6 +236,8 @@ def cmd_compile(args) -> int:
     opts = CompileOptions(geometry=_geometry(args), schedule=_schedule(args), height=args.height, width=args.width,
                           fps=args.fps, precision=args.precision, kv_cache=args.kv_cache,
                           kv_sink=args.kv_sink_precision, keep=recipe.get("keep"), layer_formats=recipe.get("layers"),
+                          activations=args.activations, act_scales=args.act_scales, calib_prompts=args.calib_prompts,
+                          calib_blocks=args.calib_blocks,
                           sensitivity=args.sensitivity, target=args.target,
                           min_psnr=args.min_psnr,
                           verify_blocks=args.verify_blocks, seed=args.seed, force=args.force)
@@ -479,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kv-sink-precision",
                    help="storage of the sink frames, which every later block attends to: same (as --kv-cache) | fp32 | "
                         "fp16 | int8 | fp8 | nvfp4")
+    c.add_argument("--activations", choices=["static", "dynamic", "none"],
+                   help="quantize the block GEMMs' inputs (int8 weights: int8, fp8/nvfp4 weights: fp8): static = "
+                        "calibrated scales, dynamic = one scale per token at run time, none (default)")
+    c.add_argument("--act-scales", choices=["per-layer", "per-timestep"],
+                   help="static scales: one per layer (default) or one per denoising timestep and the cache call")
+    c.add_argument("--calib-prompts", metavar="FILE",
+                   help="calibration prompts, one per line (text, or a prompt-embeddings .safetensors path); "
+                        "default: 8 prompts of the tiny model's world, else seeded embeddings")
+    c.add_argument("--calib-blocks", type=int, help="blocks per calibration rollout (default: the parity gate's)")
     c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
     c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
     c.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")

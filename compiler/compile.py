@@ -46,6 +46,10 @@ class CompileOptions:
     keep: dict | None = None  # layer pattern -> why it stays full precision (recipe file)
     layer_formats: dict | None = None  # layer pattern -> weight format (recipe file)
     sensitivity: bool = False  # sweep the layers and keep the worst at full precision to meet min_psnr
+    activations: str | None = None  # None / "none" | static | dynamic (quant/activations.py)
+    act_scales: str = "per-layer"  # static: per-layer | per-timestep
+    calib_prompts: str | None = None  # calibration prompts file (compiler/calibrate.py), None: the defaults
+    calib_blocks: int | None = None  # blocks per calibration rollout (default: the parity gate's length)
     target: str = "cpu"
     min_psnr: float | None = None
     verify_blocks: int | None = None
@@ -90,7 +94,15 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     output = Path(output)
     if output.exists() and not opts.force:
         raise CompileError(f"{output} already exists; pass --force to replace it (the old plan stays until the new one passes)")
-    recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats)
+    try:
+        recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats,
+                            opts.activations, opts.act_scales)
+    except ValueError as e:
+        raise CompileError(str(e)) from None
+    if opts.act_scales == "per-timestep" and recipe.activations != "static":
+        raise CompileError("--act-scales per-timestep applies to static activation scales; pass --activations static")
+    if opts.calib_blocks is not None and opts.calib_blocks < 1:
+        raise CompileError(f"--calib-blocks {opts.calib_blocks}: a calibration rollout needs at least one block")
     if opts.sensitivity and recipe.weights not in ("int8", "fp8", "nvfp4"):
         raise CompileError(f"--sensitivity sweeps quantized layers; --precision {opts.precision} quantizes none")
     if recipe.kv_sink and not opts.geometry.sink:
@@ -128,11 +140,14 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     if opts.sensitivity:
         recipe, sensitivity = _sensitivity(dit, vae, encoder, recipe, opts, latent_hw, log)
         t0 = step("sensitivity sweep", t0)
+    act = _activation_quant(dit, encoder, recipe, opts, latent_hw, log) if recipe.activations else None
+    if act is not None:
+        t0 = step("activation calibration" if recipe.activations == "static" else "activation layers", t0)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".compiling"))
     try:
-        manifest = _build(tmp, dit, vae, encoder, recipe, opts, latent_hw, tpf, files, step, t0)
+        manifest = _build(tmp, dit, vae, encoder, recipe, opts, latent_hw, tpf, files, step, t0, act)
         manifest["recipe"]["sensitivity"] = sensitivity
         t0 = time.perf_counter()
         _verify(tmp, manifest, dit, vae, encoder, opts, log)
@@ -146,7 +161,8 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     return manifest
 
 
-def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, tpf, files, step, t0) -> dict:
+def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, tpf, files, step, t0,
+           act: dict | None) -> dict:
     import onnx
     import onnxruntime
 
@@ -174,7 +190,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope,
                        recipe.kv_cache, recipe.kv_sink, geom.sink)
     save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
-    save_checked(build_dit_graph(cfg, shapes, dit_w), tmp / "dit.onnx")
+    act_table, act_timesteps = (act["layers"], act["timesteps"]) if act else ({}, ())
+    save_checked(build_dit_graph(cfg, shapes, dit_w, act_table, act_timesteps), tmp / "dit.onnx")
     t0 = step("lower text + dit graphs", t0)
     for name, model in build_vae_graphs(vae, latent_hw, ExternalWeights(tmp / "vae.safetensors")).items():
         save_checked(model, tmp / f"{name}.onnx")
@@ -212,7 +229,9 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
                        "latent_w": latent_hw[1], "tokens_per_frame": tpf,
                        "tokens_per_block": tpf * geom.frames_per_block, "cache_tokens": tpf * geom.capacity_frames},
         "precision": recipe.name, "recipe": {**recipe.to_dict(), "quantized_weights": quantized,
-                                             "kept_layers": _kept_layers(dit, recipe)},
+                                             "kept_layers": _kept_layers(dit, recipe),
+                                             "quantized_activations": sorted(act_table),
+                                             "calibration": act["calibration"] if act else None},
         "stages": stages, "memory": memory,
         "target": {"name": opts.target, "backend": "ort", "providers": ["CPUExecutionProvider"], "opset": OPSET},
         "versions": {"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
@@ -238,6 +257,36 @@ def _kept_layers(dit, recipe: Recipe) -> dict:
         if name.endswith(".weight") and t.dim() >= 2 and pattern is not None:  # linears and the patch conv
             kept[layer] = why.get(pattern, "default: embeddings and head are tiny and sensitive")
     return kept
+
+
+def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log) -> dict:
+    """-> {"layers": layer -> ActQuant, "timesteps": calibrated timesteps, "calibration": record or None}."""
+    from arvc.quant.weights import QUANTIZABLE, is_skipped
+
+    from .calibrate import act_quant_table, activation_layers, calibrate, calibration_prompts
+    from .verify import default_blocks
+
+    quantized = [n for n in dit.state_dict() if QUANTIZABLE.match(n) and not is_skipped(n, recipe.skip)]
+    layers = activation_layers(quantized)
+    if not layers:
+        raise CompileError("--activations: every quantizable GEMM is kept at full precision; nothing to quantize")
+    calibration = None
+    if recipe.activations == "static":
+        try:
+            prompts = calibration_prompts(dit.cfg, encoder, opts.calib_prompts)
+        except ValueError as e:
+            raise CompileError(str(e)) from None
+        blocks = opts.calib_blocks or default_blocks(opts.geometry)
+        calibration = calibrate(dit, layers, prompts, opts.geometry, opts.schedule, latent_hw, blocks, opts.seed, log)
+        calibration["source"] = str(opts.calib_prompts) if opts.calib_prompts else "default prompts"
+        m = calibration["max_spread"]
+        log(f"  calibration: {len(prompts)} prompts x {blocks} blocks; largest amax spread over timesteps "
+            f"{m['ratio']}x ({m['layer']}): per-timestep scales "
+            f"{'advised' if calibration['per_timestep_needed'] else 'not needed'} (above "
+            f"{calibration['per_timestep_threshold']}x they are); using {recipe.act_scales}")
+    table = act_quant_table(recipe, calibration, layers)
+    return {"layers": table, "timesteps": tuple(calibration["timesteps"]) if calibration else (),
+            "calibration": calibration}
 
 
 def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log):

@@ -93,7 +93,9 @@ def _rotate(g: GraphBuilder, x3: str, cos: str, sin: str, heads: int) -> str:
     return g.op("RotaryEmbedding", [x3, cos, sin], interleaved=1, num_heads=heads)
 
 
-def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights):
+def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights, act_quant: dict | None = None,
+                    act_timesteps: tuple[float, ...] = ()):
+    """act_quant: layer -> quant/activations.ActQuant, the GEMM inputs quantized (Q/DQ) in this graph."""
     g = GraphBuilder("arvc_dit", weights)
     d, H, L = cfg.dim, cfg.num_heads, cfg.text_len
     C, F, hl, wl = cfg.in_channels, shapes.frames, shapes.latent_h, shapes.latent_w
@@ -103,6 +105,7 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights)
 
     latents = g.input("latents", F32, [1, C, F, hl, wl])
     t = g.input("timestep", F64, [1])
+    g.act_quant, g.act_rows, g.act_timesteps, g.timestep = dict(act_quant or {}), N, tuple(act_timesteps), t
     cross = [(g.input(f"cross_k_{i}", F32, [1, L, d]), g.input(f"cross_v_{i}", F32, [1, L, d]))
              for i in range(cfg.num_layers)]
     sink_rows = shapes.sink_frames * T if shapes.kv_sink else 0

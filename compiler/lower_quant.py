@@ -6,10 +6,13 @@
 - nvfp4: ONNX Runtime's CPU provider has no FP4 DequantizeLinear, so the packed bytes are decoded with
   BitwiseAnd / BitShift, a 16-entry Gather table, and the E4M3 block scales via DequantizeLinear with the
   fp32 global scale.
+- activations (``quantize_activation``): QuantizeLinear -> DequantizeLinear on the GEMM input, static
+  (calibrated constant, or a per-timestep table indexed by the call's timestep) or dynamic (per token).
 """
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from arvc.quant.formats import E2M1_VALUES
 
@@ -33,3 +36,40 @@ def dequantize(g, name: str, fmt: str) -> str:
     blocks = g.op("Mul", [g.op("Reshape", [values, g.const([out, cols // 16, 16], np.int64)]),
                           g.op("Unsqueeze", [block_scale, axis])])
     return g.op("Reshape", [blocks, g.const([out, cols], np.int64)])
+
+
+def _zero_point(g, fmt: str, shape: list[int]) -> str:
+    """A zero point of the activation format: its element type selects QuantizeLinear's output type."""
+    if fmt == "int8":
+        return g.const(np.zeros(shape, np.int8), np.int8)
+    name = f"e4m3_zero_point_{'x'.join(map(str, shape)) or 'scalar'}"
+    if name not in g.initializers:
+        g.initializers[name] = helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, shape, [0.0] * int(np.prod(shape)))
+    return name
+
+
+def quantize_activation(g, x: str, q, rows: int, timesteps: tuple[float, ...], timestep: str | None) -> str:
+    """x [rows, K] fp32 -> QuantizeLinear -> DequantizeLinear (the GEMM input pattern TensorRT's strongly
+    typed builder fuses with the weight's DequantizeLinear into one low-precision GEMM).
+
+    static: a constant scale, or (per timestep) the scale of the calibrated timestep nearest to the
+    call's, picked in the graph; dynamic: one scale per row from the row's amax."""
+    from arvc.quant.activations import QMAX
+
+    if q.mode == "dynamic":
+        amax = g.op("ReduceMax", [g.op("Abs", [x]), g.const([1], np.int64)], keepdims=0)  # [rows]
+        scale = g.op("Where", [g.op("Greater", [amax, g.const(0.0)]), g.op("Div", [amax, g.const(QMAX[q.format])]),
+                               g.const(1.0)])
+        zp, axis = _zero_point(g, q.format, [rows]), {"axis": 0}
+    elif q.scale.dim() == 0:
+        scale, zp, axis = g.const(float(q.scale)), _zero_point(g, q.format, []), {}
+    else:
+        if timestep is None:
+            raise ValueError("per-timestep activation scales need the graph's timestep input")
+        distance = g.op("Abs", [g.op("Sub", [g.const(list(timesteps), np.float64), timestep])])
+        index = g.op("ArgMin", [distance], axis=0, keepdims=0, select_last_index=0)  # ties: the first, as torch
+        scale = g.op("Gather", [g.const(q.scale.numpy()), index], axis=0)
+        zp, axis = _zero_point(g, q.format, []), {}
+    quantized = g.op("QuantizeLinear", [x, scale, zp], saturate=1, **axis) if q.format == "fp8" else \
+        g.op("QuantizeLinear", [x, scale, zp], **axis)
+    return g.op("DequantizeLinear", [quantized, scale, zp], **axis)

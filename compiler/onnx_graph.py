@@ -68,6 +68,9 @@ class GraphBuilder:
         self._weight_values: dict[str, str] = {}
         self._const_cache: dict[tuple, str] = {}
         self._ids = itertools.count()
+        # activation quantization of GEMM inputs (compiler/lower_quant.py): layer -> ActQuant, set by a lowering
+        self.act_quant: dict = {}
+        self.act_rows, self.act_timesteps, self.timestep = 0, (), None
 
     def fresh(self, hint: str) -> str:
         return f"{hint}_{next(self._ids)}"
@@ -123,6 +126,10 @@ class GraphBuilder:
     # -- composite ops shared by the lowerings ---------------------------------------------------
     def linear(self, x: str, prefix: str) -> str:
         # x: [M, in] -> [M, out]; weight kept [out, in] as stored (transB), no transposed copy
+        if prefix in self.act_quant:
+            from .lower_quant import quantize_activation
+
+            x = quantize_activation(self, x, self.act_quant[prefix], self.act_rows, self.act_timesteps, self.timestep)
         return self.op("Gemm", [x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")], transB=1)
 
     def silu(self, x: str) -> str:

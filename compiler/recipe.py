@@ -1,6 +1,8 @@
 """Precision recipes: what each stage stores and computes in. Data, frozen, serialized with a version.
 
-A recipe names the weight format, the activation format (None: the compute dtype), the KV-cache format
+A recipe names the weight format, the activation quantization of the block GEMMs (None: the compute
+dtype; ``static`` calibrated scales per layer or per timestep, or ``dynamic`` per-token scales, in the
+format quant/activations.py pairs with the layer's weights), the KV-cache format
 and the layers kept at full precision (``skip``: fnmatch patterns over layer names such as
 ``patch_embedding``, ``head.head``, ``blocks.0.*``; ``keep`` says why each extra one is kept), and
 per-layer weight formats that differ from the recipe's (``layer_formats``).
@@ -10,6 +12,7 @@ Recipe file (``arvc compile --recipe FILE``), JSON; every key optional, command-
     {"format": "arvc-recipe", "version": 1,
      "precision": "int8", "activations": "static", "act_scales": "per-layer",
      "kv_cache": "fp8", "kv_sink_precision": "fp16",
+     "calib_prompts": "calib.txt", "calib_blocks": 12,
      "keep": {"blocks.0.self_attn.*": "first block: its K/V feed every later block"},
      "layers": {"blocks.*.ffn.2": "fp8"}}
 """
@@ -20,6 +23,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from arvc.quant.activations import ACT_SCALES
 from arvc.quant.kv import KV_FORMATS
 
 RECIPE_VERSION = 1
@@ -39,7 +43,8 @@ class Recipe:
     name: str
     weights: str  # DiT weight storage format
     compute: str = "fp32"  # arithmetic dtype of the target (ORT CPU computes in fp32)
-    activations: str | None = None
+    activations: str | None = None  # None | static | dynamic (quant/activations.py)
+    act_scales: str = "per-layer"  # static scales: per-layer | per-timestep
     kv_cache: str = "fp32"
     kv_sink: str | None = None  # the sink frames' KV format when it differs from kv_cache
     skip: tuple[str, ...] = ()
@@ -54,6 +59,17 @@ class Recipe:
         for kv in (self.kv_cache, self.kv_sink or self.kv_cache):
             if kv not in KV_FORMATS:
                 raise ValueError(f"recipe {self.name}: KV-cache format {kv!r} must be one of {KV_FORMATS}")
+        if self.activations is not None:
+            from arvc.quant.activations import ACT_MODES
+
+            if self.activations not in ACT_MODES:
+                raise ValueError(f"recipe {self.name}: activations {self.activations!r} must be one of {ACT_MODES} "
+                                 "or none")
+            if self.weights not in QUANTIZED_FORMATS:
+                raise ValueError(f"recipe {self.name}: activation quantization pairs with quantized weights "
+                                 f"(--precision int8|fp8|nvfp4), not {self.weights}")
+        if self.act_scales not in ACT_SCALES:
+            raise ValueError(f"recipe {self.name}: act_scales {self.act_scales!r} must be one of {ACT_SCALES}")
         for pattern, fmt in self.layer_formats:
             if fmt not in QUANTIZED_FORMATS:
                 raise ValueError(f"recipe {self.name}: layer {pattern!r} format {fmt!r} must be one of "
@@ -83,7 +99,8 @@ DEFAULT_MIN_PSNR_KV = {"fp16": 40.0, "int8": 38.0, "fp8": 38.0, "nvfp4": 28.0}
 
 
 def recipe_for(precision: str, target: str = "cpu", kv_cache: str = "fp32", kv_sink: str | None = None,
-               keep: dict | None = None, layer_formats: dict | None = None) -> Recipe:
+               keep: dict | None = None, layer_formats: dict | None = None, activations: str | None = None,
+               act_scales: str = "per-layer") -> Recipe:
     kv_cache = "fp32" if kv_cache in (None, "none") else kv_cache
     kv_sink = None if kv_sink in (None, "same", kv_cache) else kv_sink
     if kv_cache not in KV_FORMATS or (kv_sink and kv_sink not in KV_FORMATS):
@@ -91,10 +108,18 @@ def recipe_for(precision: str, target: str = "cpu", kv_cache: str = "fp32", kv_s
                          "(none = fp32, same = the cache's)")
     name = precision if kv_cache == "fp32" else f"{precision}+kv-{kv_cache}"
     name += f"+sink-{kv_sink}" if kv_sink else ""
+    activations = None if activations in (None, "none") else activations
+    if activations and precision not in QUANTIZED_FORMATS:
+        raise ValueError(f"--activations {activations} quantizes GEMM inputs next to quantized weights; "
+                         f"pass --precision int8|fp8|nvfp4 (got {precision}) or --activations none")
+    if activations:
+        name = name.replace(precision, f"{precision}+act-{activations}" +
+                            ("-per-timestep" if activations == "static" and act_scales == "per-timestep" else ""), 1)
     if precision in QUANTIZED_FORMATS:
-        # weights: block linears stored quantized, decoded before the GEMM; activations stay fp32
+        # weights: block linears stored quantized, decoded before the GEMM (Q/DQ on their inputs with activations)
         keep = tuple((keep or {}).items())
-        return Recipe(name=name, weights=precision, compute="fp32", kv_cache=kv_cache, kv_sink=kv_sink,
+        return Recipe(name=name, weights=precision, compute="fp32", activations=activations, act_scales=act_scales,
+                      kv_cache=kv_cache, kv_sink=kv_sink,
                       skip=DEFAULT_SKIP + tuple(p for p, _ in keep), keep=keep,
                       layer_formats=tuple((layer_formats or {}).items()))
     if precision not in FLOAT_FORMATS:
@@ -111,7 +136,7 @@ def default_min_psnr(precision: str, kv_cache: str, kv_sink: str | None = None) 
 
 
 RECIPE_FILE_KEYS = {"format", "version", "precision", "activations", "act_scales", "kv_cache", "kv_sink_precision",
-                    "keep", "layers"}
+                    "keep", "layers", "calib_prompts", "calib_blocks"}
 
 
 def read_recipe_file(path: str | Path) -> dict:

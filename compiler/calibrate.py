@@ -1,0 +1,155 @@
+"""Activation calibration: the amax of every quantized GEMM input over real rollouts of the reference.
+
+Each calibration prompt is rolled out for ``blocks`` blocks (default: the parity gate's length, past the
+window twice) with a switch to the next prompt half-way, so every denoising step, the cache call (t = 0)
+and the prompt switch's re-cache are seen. amax is kept per layer and per timestep; the per-layer scale
+is the max over timesteps. ``spread`` (max / min amax over timesteps) says whether one scale per layer
+loses range for some steps: the manifest records it, and both granularities can be built and measured.
+
+Calibration prompts (``--calib-prompts FILE``): one per line, ``#`` comments and blank lines skipped; a
+line naming an existing .safetensors file is taken as prompt embeddings (as ``arvc run --prompt-embeds``),
+any other line as text for the model's text encoder. Default: eight prompts of the tiny model's training
+world when the checkpoint has its text encoder, else seeded random embeddings (never the parity gate's
+prompts, so the gate measures prompts calibration did not see).
+
+The amax is the plain maximum, the same statistic as nvidia-modelopt's max calibrator (cross-checked in
+tests/test_activation_quant.py); it keeps calibration inside this torch reference loop, which the
+runtime's cache semantics are defined by.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from arvc.quant.activations import tracking_timestep
+from arvc.runtime.causal import CausalGenerator
+
+DEFAULT_PROMPTS = 8
+SPREAD_PER_TIMESTEP = 2.0  # an amax spread above this across timesteps costs a per-layer scale >1 bit of range
+
+
+def calibration_prompts(cfg, encoder, path: str | Path | None, n: int = DEFAULT_PROMPTS, seed: int = 4321) -> list:
+    """-> [prompt embeddings [1, L, text_dim]] (see the module docstring)."""
+    from arvc.runtime.torch_models import load_prompt_embeds
+
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"--calib-prompts {path}: no such file (one prompt, or one .safetensors embeddings "
+                             "file, per line)")
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not lines:
+            raise ValueError(f"--calib-prompts {path}: no prompts in the file (one per line)")
+        out = []
+        for ln in lines:
+            if ln.endswith(".safetensors") and (path.parent / ln).is_file():
+                out.append(load_prompt_embeds(path.parent / ln, cfg))
+            elif ln.endswith(".safetensors") and Path(ln).is_file():
+                out.append(load_prompt_embeds(ln, cfg))
+            elif encoder is None:
+                raise ValueError(f"--calib-prompts {path}: line {ln!r} is text, but this checkpoint has no text "
+                                 "encoder; list prompt-embedding .safetensors files instead")
+            else:
+                out.append(encoder.encode([ln]))
+        return out
+    if encoder is not None:
+        return [encoder.encode([p]) for p in _world_prompts(encoder, n, seed)]
+    g = np.random.default_rng(seed)
+    m = max(1, cfg.text_len // 2)
+    return [torch.from_numpy(g.standard_normal((1, m, cfg.text_dim)).astype(np.float32)) for _ in range(n)]
+
+
+def _world_prompts(encoder, n: int, seed: int) -> list[str]:
+    from arvc.tiny import data
+
+    rng = np.random.default_rng(seed)
+    prompts = [data.prompt_of(data.sample_spec(rng, "train")) for _ in range(n)]
+    vocab = set(encoder.cfg.vocab)
+    if all(w in vocab for p in prompts for w in p.split()):
+        return prompts
+    words = list(encoder.cfg.vocab)  # another text encoder: seeded word sequences of its vocabulary
+    return [" ".join(rng.choice(words, size=min(8, len(words)))) for _ in range(n)]
+
+
+@torch.no_grad()
+def calibrate(dit, layers: list[str], prompts: list, geom, schedule, latent_hw, blocks: int, seed: int = 0,
+              log: Callable[[str], None] = print) -> dict:
+    """-> {"timesteps": [t...], "amax": {layer: [amax per timestep]}, "spread": {layer: max/min}, ...}."""
+    if not layers:
+        raise ValueError("activation calibration: no quantized GEMMs to calibrate")
+    modules = dict(dit.named_modules())
+    amax: dict[str, dict[float, float]] = {n: {} for n in layers}
+
+    def hook(name):
+        def fn(_module, args):
+            a = float(args[0].detach().abs().amax())
+            if not np.isfinite(a):
+                raise ValueError(f"activation calibration: non-finite input to {name} at t={state['t']}; "
+                                 "the reference rollout itself diverges (check the checkpoint)")
+            per_t = amax[name]
+            per_t[state["t"]] = max(per_t.get(state["t"], 0.0), a)
+        return fn
+
+    with tracking_timestep(dit) as state:
+        handles = [modules[n].register_forward_pre_hook(hook(n)) for n in layers]
+        try:
+            _rollouts(dit, prompts, geom, schedule, latent_hw, blocks, seed, log)
+        finally:
+            for h in handles:
+                h.remove()
+    timesteps = list(dict.fromkeys([float(t) for t in schedule.timesteps] + [0.0]))
+    missing = [(n, t) for n in layers for t in timesteps if t not in amax[n]]
+    if missing:
+        raise RuntimeError(f"activation calibration never saw {missing[:3]}...: the rollout skipped a timestep")
+    table = {n: [amax[n][t] for t in timesteps] for n in layers}
+    # an input that is zero at some step but not others has an unbounded spread (JSON: null)
+    spread = {n: (max(v) / min(v) if min(v) > 0 else float("inf")) for n, v in table.items()}
+    worst = max(spread, key=spread.get)
+
+    def finite(x: float):
+        return round(x, 3) if np.isfinite(x) else None
+
+    return {"prompts": len(prompts), "blocks": blocks, "timesteps": timesteps, "amax": table,
+            "spread": {n: finite(s) for n, s in spread.items()},
+            "max_spread": {"layer": worst, "ratio": finite(spread[worst])},
+            "per_timestep_needed": spread[worst] > SPREAD_PER_TIMESTEP,
+            "per_timestep_threshold": SPREAD_PER_TIMESTEP}
+
+
+def _rollouts(dit, prompts, geom, schedule, latent_hw, blocks, seed, log) -> None:
+    for i, ctx in enumerate(prompts):
+        gen = CausalGenerator(dit, geom, schedule, latent_hw, seed=seed + 1000 + i)
+        gen.set_prompt(ctx)
+        for b in range(blocks):
+            if b == blocks // 2 and len(prompts) > 1:
+                gen.switch_prompt(prompts[(i + 1) % len(prompts)])
+            gen.next_block()
+        log(f"  calibration rollout {i + 1}/{len(prompts)}: {blocks} blocks")
+
+
+def activation_layers(quantized_weights: list[str]) -> list[str]:
+    """The GEMMs of the per-block dit call whose inputs a recipe quantizes (the text stage's stay fp32)."""
+    from arvc.quant.activations import is_per_call
+
+    layers = [w.rsplit(".weight", 1)[0] for w in quantized_weights]
+    return [n for n in layers if is_per_call(n)]
+
+
+def act_quant_table(recipe, calibration: dict | None, layers: list[str]) -> dict:
+    """layer -> ActQuant for the recipe (static scales from the calibration)."""
+    from arvc.quant.activations import ACT_FORMAT_OF_WEIGHTS, ActQuant, scale_from_amax
+
+    out = {}
+    for n in layers:
+        fmt = ACT_FORMAT_OF_WEIGHTS[recipe.weight_format(n)]
+        if recipe.activations == "dynamic":
+            out[n] = ActQuant(fmt, "dynamic")
+            continue
+        amax = torch.tensor(calibration["amax"][n], dtype=torch.float32)
+        amax = amax if recipe.act_scales == "per-timestep" else amax.max()
+        out[n] = ActQuant(fmt, "static", scale_from_amax(amax, fmt))
+    return out
