@@ -299,8 +299,24 @@ def _plan_summary(plan_dir) -> dict:
         "kv_bytes_per_sink_token": mem.get("kv_bytes_per_sink_token"),
         "kv_bytes_vs_fp16": mem.get("kv_bytes_vs_fp16"),
         "quantized_weights": len(m["recipe"].get("quantized_weights", [])),
+        "activations": _activation_summary(m["recipe"]),
         "verification": m["verification"], "versions": m["versions"], "files": len(m["files"]),
     }
+
+
+def _activation_summary(recipe: dict) -> str | None:
+    from arvc.quant.activations import ACT_FORMAT_OF_WEIGHTS
+
+    if not recipe.get("activations"):
+        return None
+    n, cal = len(recipe["quantized_activations"]), recipe.get("calibration")
+    fmt = ACT_FORMAT_OF_WEIGHTS[recipe["weights"]]
+    if recipe["activations"] == "dynamic":
+        return f"{fmt}, dynamic per-token scales, {n} GEMM inputs"
+    spread = cal["max_spread"]
+    return (f"{fmt}, static {recipe['act_scales']} scales, {n} GEMM inputs; calibrated on {cal['prompts']} prompts x "
+            f"{cal['blocks']} blocks ({cal['source']}); largest amax spread over timesteps {spread['ratio']}x "
+            f"({spread['layer']}): per-timestep scales {'advised' if cal['per_timestep_needed'] else 'not needed'}")
 
 
 def _inspect_plan(args) -> int:
@@ -328,6 +344,7 @@ def _inspect_plan(args) -> int:
     console.print(f"DiT weight bytes per parameter: {info['dit_weight_bytes_per_parameter']} (all tensors); "
                   + (f"{q} in the {info['quantized_weights']} quantized linears, scales included "
                      f"({q / 2:.3f}x of fp16)" if q else "no quantized linears"))
+    console.print(f"activations: {info['activations'] or 'fp32 (not quantized)'}")
     sink = f"; sink ({info['kv_sink']}): {info['kv_bytes_per_sink_token']}" if info["kv_sink"] else ""
     ratio = f" ({info['kv_bytes_vs_fp16']}x of fp16)" if info["kv_bytes_vs_fp16"] else ""
     console.print(f"KV cache ({info['kv_cache']}) bytes per cached token, all layers, K+V: "

@@ -161,3 +161,33 @@ def test_activation_options_refuse_bad_input(small_ckpt, tmp_path):
         compile_plan(d, tmp_path / "x.plan", opts(precision="int8", activations="static", calib_prompts=str(text)),
                      log=lambda _m: None)
     assert not (tmp_path / "x.plan").exists()
+
+
+def test_recipe_file_calibration_settings_reach_the_plan_and_inspect(small_ckpt, tmp_path):
+    """calib_prompts in a recipe is relative to the recipe; its lines may name prompt-embedding files."""
+    import json
+    import subprocess
+    import sys
+
+    from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+
+    d, _ = small_ckpt
+    rdir = tmp_path / "recipes"
+    rdir.mkdir()
+    for i in range(2):
+        write_safetensors_atomic(rdir / f"p{i}.safetensors", {"context": torch.randn(5, CFG.text_dim)})
+    (rdir / "calib.txt").write_text("# two prompts\np0.safetensors\np1.safetensors\n")
+    (rdir / "r.json").write_text(json.dumps({"format": "arvc-recipe", "precision": "int8", "activations": "static",
+                                             "act_scales": "per-timestep", "calib_prompts": "calib.txt",
+                                             "calib_blocks": 2}))
+    plan = tmp_path / "r.plan"
+    cmd = [sys.executable, "-m", "arvc.cli", "compile", str(d), "-o", str(plan), "--recipe", str(rdir / "r.json"),
+           "--height", "32", "--width", "32", "--window", "6", "--sink", "3", "--timesteps", "1000,500",
+           "--verify-blocks", "4", "--min-psnr", "0", "--json"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "arvc.cli", "inspect", str(plan), "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    info = json.loads(out)
+    assert info["precision"] == "int8+act-static-per-timestep"
+    assert info["activations"].startswith("int8, static per-timestep scales, 16 GEMM inputs; calibrated on 2 prompts x "
+                                          f"2 blocks ({rdir / 'calib.txt'})")
