@@ -313,10 +313,11 @@ def _activation_summary(recipe: dict) -> str | None:
     fmt = ACT_FORMAT_OF_WEIGHTS[recipe["weights"]]
     if recipe["activations"] == "dynamic":
         return f"{fmt}, dynamic per-token scales, {n} GEMM inputs"
-    spread = cal["max_spread"]
+    spread, over = cal["max_spread"], cal["held_out_overflow"] or {}
     return (f"{fmt}, static {recipe['act_scales']} scales, {n} GEMM inputs; calibrated on {cal['prompts']} prompts x "
-            f"{cal['blocks']} blocks ({cal['source']}); largest amax spread over timesteps {spread['ratio']}x "
-            f"({spread['layer']}): per-timestep scales {'advised' if cal['per_timestep_needed'] else 'not needed'}")
+            f"{cal['blocks']} blocks ({cal['source']}); amax spread over timesteps up to {spread['ratio']}x "
+            f"({spread['layer']}); held-out overflow per-layer {over.get('per-layer', 'n/a')}, per-timestep "
+            f"{over.get('per-timestep', 'n/a')}")
 
 
 def _inspect_plan(args) -> int:
@@ -509,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static scales: one per layer (default) or one per denoising timestep and the cache call")
     c.add_argument("--calib-prompts", metavar="FILE",
                    help="calibration prompts, one per line (text, or a prompt-embeddings .safetensors path); "
-                        "default: 8 prompts of the tiny model's world, else seeded embeddings")
+                        "default: 4 prompts of the tiny model's world, else seeded embeddings")
     c.add_argument("--calib-blocks", type=int, help="blocks per calibration rollout (default: the parity gate's)")
     c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
     c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")

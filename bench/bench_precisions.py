@@ -65,11 +65,13 @@ def main() -> None:
     ap.add_argument("--name", default="bench_precisions", help="result file stem")
     ap.add_argument("--machine", default="cpu-2core")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--plans-dir", help="keep the compiled plans here (e.g. for arvc eval); default: a temporary dir")
     args = ap.parse_args()
     opts = dict(geometry=CacheGeometry(3, 12, 3, 21, "relative"), schedule=Schedule((1000.0, 900.0, 750.0, 500.0)),
                 height=128, width=128, min_psnr=0.0, verify_blocks=args.blocks, force=True)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.plans_dir or scratch
         plans = {}
         variants = args.variants.split(",")
         if "fp32" not in variants:

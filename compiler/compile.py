@@ -279,11 +279,10 @@ def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent
         blocks = opts.calib_blocks or default_blocks(opts.geometry)
         calibration = calibrate(dit, layers, prompts, opts.geometry, opts.schedule, latent_hw, blocks, opts.seed, log)
         calibration["source"] = str(opts.calib_prompts) if opts.calib_prompts else "default prompts"
-        m = calibration["max_spread"]
-        log(f"  calibration: {len(prompts)} prompts x {blocks} blocks; largest amax spread over timesteps "
-            f"{m['ratio']}x ({m['layer']}): per-timestep scales "
-            f"{'advised' if calibration['per_timestep_needed'] else 'not needed'} (above "
-            f"{calibration['per_timestep_threshold']}x they are); using {recipe.act_scales}")
+        m, over = calibration["max_spread"], calibration["held_out_overflow"] or {}
+        log(f"  calibration: {len(prompts)} prompts x {blocks} blocks; amax spread over timesteps up to {m['ratio']}x "
+            f"({m['layer']}); held-out rollouts beyond the calibrated range: per-layer "
+            f"{over.get('per-layer', 'n/a')}, per-timestep {over.get('per-timestep', 'n/a')}; using {recipe.act_scales}")
     table = act_quant_table(recipe, calibration, layers)
     return {"layers": table, "timesteps": tuple(calibration["timesteps"]) if calibration else (),
             "calibration": calibration}

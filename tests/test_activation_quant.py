@@ -90,7 +90,7 @@ def test_plan_with_quantized_activations_equals_the_emulating_reference(small_ck
     assert not any(".cross_attn.k" in n or ".cross_attn.v" in n for n in rec["quantized_activations"])
     cal = rec["calibration"]
     if mode == "static":
-        assert cal["timesteps"] == [1000.0, 500.0, 0.0] and cal["blocks"] == 3 and cal["prompts"] == 8
+        assert cal["timesteps"] == [1000.0, 500.0, 0.0] and cal["blocks"] == 3 and cal["prompts"] == 4
         assert all(len(v) == 3 and min(v) > 0 for v in cal["amax"].values())
     else:
         assert cal is None
@@ -134,6 +134,19 @@ def test_calibration_sees_every_step_and_the_cache_call_and_agrees_with_modelopt
         theirs = [float(calibrators[(n, t)].compute_amax()) for t in cal["timesteps"]]
         assert cal["amax"][n] == pytest.approx(theirs, rel=0, abs=0)
         assert cal["spread"][n] == pytest.approx(max(theirs) / min(theirs), abs=1e-3)
+    over = cal["held_out_overflow"]
+    assert 0 <= over["per-layer"] <= over["per-timestep"] <= 1  # a tighter range can only clip more
+
+
+def test_held_out_overflow_hand_computed():
+    from arvc.compiler.calibrate import _held_out_overflow
+
+    # 2 rollouts x 1 layer x 2 timesteps. Leaving out rollout 0 (amax 3, 1): the other calibrates (2, 2)
+    # per timestep -> t0 overflows; per layer 2 -> t0 overflows. Leaving out rollout 1 (2, 2): the
+    # other gives (3, 1) -> t1 overflows per timestep; per layer 3 -> none.
+    seen = np.array([[[3.0, 1.0]], [[2.0, 2.0]]])
+    assert _held_out_overflow(seen) == {"per-timestep": 0.5, "per-layer": 0.25}
+    assert _held_out_overflow(seen[:1]) is None
 
 
 def test_activation_options_refuse_bad_input(small_ckpt, tmp_path):
