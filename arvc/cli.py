@@ -360,7 +360,7 @@ def cmd_eval(args) -> int:
     if args.prompts < 1:
         raise SystemExit(f"arvc eval: --prompts must be >= 1 (got {args.prompts})")
     plot = check_plot_path(args.plot) if args.plot else None  # fail before the rollout, not after
-    log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    log = lambda msg: print(msg, file=sys.stderr)  # progress on stderr in both modes: --json owns stdout only
     log(f"evaluating {args.plan} over {args.blocks} blocks x {args.prompts} prompts against the fp32 reference")
     result = evaluate(args.plan, args.blocks, args.prompts, args.seed, args.reference, args.threads, log)
     if plot:

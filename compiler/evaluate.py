@@ -42,7 +42,8 @@ def check_plot_path(path: str | os.PathLike) -> Path:
         raise EvalError(f"--plot {p}: the drift plot is a PNG; give a file name ending in .png")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise EvalError(f"--plot {p}: directory {parent} does not exist; create it or choose another path")
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise EvalError(f"--plot {p}: {parent} {what}; create the directory or choose another path")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise EvalError(f"--plot {p}: not writable; choose a path in a directory you can write to")
     return p
