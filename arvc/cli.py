@@ -353,6 +353,12 @@ def cmd_judge(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import os
+
+    # Before torch loads: the reference and the plan's ONNX Runtime sessions take turns in this process, and
+    # torch's OpenMP workers spinning between ops would hold the cores ORT needs (ORT's own spinning is off
+    # for the same reason, runtime/ort_backend.py); on a shared 2-core machine spinning made the reference ~80x slower.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from arvc.compiler.evaluate import check_plot_path, evaluate, plot_drift
 
     if args.blocks < 1:

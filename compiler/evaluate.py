@@ -150,7 +150,8 @@ def _judge_summary(plan_scores: list[dict], ref_scores: list[dict]) -> dict:
     plan, ref = pct(plan_scores), pct(ref_scores)
     delta = {k: round(plan[k] - ref[k], 2) for k in plan}
     return {"plan_percent": plan, "reference_percent": ref, "delta_points": delta,
-            "target_points": JUDGE_TARGET_POINTS,
+            # colour and direction are per-prompt yes/no: one prompt flipping moves them by this many points
+            "target_points": JUDGE_TARGET_POINTS, "points_per_prompt": round(100 / len(plan_scores), 2),
             "within_target": all(abs(v) <= JUDGE_TARGET_POINTS for v in delta.values()),
             "per_prompt": [{"prompt": p["prompt"], "plan": {k: p[k] for k in ("color", "direction", "found_fraction")},
                             "reference": {k: r[k] for k in ("color", "direction", "found_fraction")}}
@@ -161,7 +162,6 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
              reference: str | os.PathLike | None = None, threads: int | None = None,
              log: Callable[[str], None] = print) -> dict:
     from arvc.runtime.plan_session import PlanSession
-    from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module
 
     if blocks < 1 or prompts < 1:
         raise EvalError(f"--blocks and --prompts must be >= 1 (got {blocks} and {prompts})")
@@ -169,6 +169,18 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
         raise EvalError(f"plan {plan_dir} does not exist; compile one with `arvc compile CHECKPOINT -o {plan_dir}`")
     t_start = time.perf_counter()
     session = PlanSession(plan_dir, threads)
+    saved_threads = torch.get_num_threads()
+    if threads:  # one core budget for both: the plan's ORT sessions and the torch reference take turns
+        torch.set_num_threads(threads)
+    try:
+        return _evaluate(session, blocks, prompts, seed, reference, log, t_start)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_start: float) -> dict:
+    from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module
+
     m = session.manifest
     files = reference_files(m, reference)
     dit, vae = load_dit_module(files.dit, "fp32"), load_vae_module(files.vae, "fp32")
@@ -182,13 +194,12 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
 
     spans = [(session.frames_before_block(b), session.frames_before_block(b + 1)) for b in range(blocks)]
     psnr_pb, ssim_pb, cos_pb = (np.zeros((prompts, blocks)) for _ in range(3))
-    plan_scores, ref_scores = [], []
+    plan_scores, ref_scores, fpb = [], [], session.geometry.frames_per_block
     for i, text in enumerate(texts):
         t0 = time.perf_counter()
         plan_ctx = session.context_for(text)
         ref_ctx = encoder.encode([text]) if encoder is not None else torch.from_numpy(plan_ctx)
         ref_lat, plan_lat, ref_fr, plan_fr = _rollout_pair(session, dit, vae, plan_ctx, ref_ctx, blocks, seed + i)
-        fpb = session.geometry.frames_per_block
         for b, (f0, f1) in enumerate(spans):
             psnr_pb[i, b] = psnr(ref_fr[:, f0:f1], plan_fr[:, f0:f1], 2.0)
             ssim_pb[i, b] = np.mean(_ssim(ref_fr[:, f0:f1], plan_fr[:, f0:f1]))
@@ -206,7 +217,7 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
                  "latent_cosine": cos_pb.mean(0).round(6).tolist()}
     recipe = m["recipe"]
     return {
-        "plan": str(plan_dir), "precision": m["precision"], "kv_cache": recipe.get("kv_cache", "fp32"),
+        "plan": str(session.plan_dir), "precision": m["precision"], "kv_cache": recipe.get("kv_cache", "fp32"),
         "kv_sink": recipe.get("kv_sink"), "blocks": blocks, "prompts": prompts, "seeds": [seed + i for i in range(prompts)],
         "video_frames_per_prompt": spans[-1][1],
         "reference": {"checkpoint": str(files.dit), "sha256": m["source"]["sha256"],
