@@ -3,7 +3,7 @@
 The reference is the checkpoint the plan was compiled from (``source`` in the manifest, SHA-256 checked)
 with fp32 weights and an fp32 KV cache. For each of a few prompts, the plan and the reference roll out
 the same number of blocks from the same seed, so both see identical noise and any difference is the
-plan's doing. Per block (pooled over the prompts):
+plan's doing. Per block (mean over the prompts):
 
 - frame PSNR (dB, peak-to-peak 2 as in the parity gate) and SSIM (scikit-image) of the decoded frames,
 - cosine similarity of the clean latents,
@@ -40,7 +40,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise EvalError(f"--plot {p}: the drift plot is a PNG; give a file name ending in .png")
-    parent = p.parent if str(p.parent) else Path(".")
+    parent = p.parent
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"
         raise EvalError(f"--plot {p}: {parent} {what}; create the directory or choose another path")
@@ -56,8 +56,9 @@ def reference_files(manifest: dict, override: str | os.PathLike | None = None) -
     src = manifest["source"]
     path = Path(override or src["checkpoint"])
     if not path.exists():
-        raise EvalError(f"reference checkpoint {path} (recorded in the plan) does not exist; pass --reference "
-                        "with the checkpoint (model directory or DiT file) the plan was compiled from")
+        origin = "given with --reference" if override else "recorded in the plan"
+        raise EvalError(f"reference checkpoint {path} ({origin}) does not exist; pass --reference with the "
+                        "checkpoint (model directory or DiT file) the plan was compiled from")
     if path.is_dir():
         files = resolve_checkpoint(path)
     else:  # a DiT file: its VAE and text encoder sit beside it, as in a model directory
