@@ -241,6 +241,7 @@ def plot_drift(result: dict, path: str | os.PathLike) -> Path:
     """Frame PSNR and SSIM per block, with the PSNR least-squares line (matplotlib, Agg, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     pb, d = result["per_block"], result["drift"]["frame_psnr_db"]
     x = np.arange(len(pb["frame_psnr_db"]))
@@ -255,6 +256,7 @@ def plot_drift(result: dict, path: str | os.PathLike) -> Path:
     bottom.plot(x, pb["ssim"], "o-", ms=3, color="tab:green")
     bottom.set_ylabel("SSIM")
     bottom.set_xlabel("block")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole
     kv = result["kv_cache"] + (f" (sink {result['kv_sink']})" if result["kv_sink"] else "")
     fig.suptitle(f"{Path(result['plan']).name}: {result['precision']} weights, KV {kv} vs fp32 reference "
                  f"({result['prompts']} prompts)")
