@@ -164,7 +164,7 @@ def test_an_interrupted_compile_leaves_no_plan_and_keeps_the_old_one(small_ckpt,
 
 
 def test_an_unknown_precision_is_refused_with_the_choices(small_ckpt, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown precision 'int4'.*nvfp4"):
+    with pytest.raises(CompileError, match=r"unknown precision 'int4'.*nvfp4"):
         compile_plan(small_ckpt, tmp_path / "q.plan", CompileOptions(**{**OPTS.__dict__, "precision": "int4"}))
     assert not (tmp_path / "q.plan").exists()
 
