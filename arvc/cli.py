@@ -431,6 +431,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_selftest(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from arvc.compiler.selftest import SELFTEST_PRECISIONS, run_selftest
+
+    precisions = tuple(args.precisions.split(",")) if args.precisions else SELFTEST_PRECISIONS
+    unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8", "fp8", "nvfp4")]
+    if unknown:
+        raise SystemExit(f"arvc selftest: unknown precision(s) {unknown}; choose from fp32,fp16,bf16,int8,fp8,nvfp4")
+    log = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr))
+    rows = run_selftest(args.target, precisions, log)
+    passed = all(r["passed"] for r in rows)
+    if args.json:
+        print(json.dumps({"target": args.target, "passed": passed, "checks": rows}, indent=2))
+    else:
+        t = Table(title=f"arvc selftest --target {args.target}: {'PASS' if passed else 'FAIL'}")
+        for col in ("precision", "stage", "PSNR vs reference (dB)", "needs (dB)", "result", "detail"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["precision"], r["stage"], "-" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}",
+                      "-" if r["min_psnr_db"] is None else f"{r['min_psnr_db']:.0f}",
+                      "pass" if r["passed"] else "FAIL", r["detail"])
+        Console().print(t)
+    return 0 if passed else 1
+
+
 def cmd_inspect(args) -> int:
     from arvc.checkpoints.load import describe_checkpoint
     from arvc.runtime.plan import is_plan
@@ -610,6 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", metavar="FILE.png", help="write the drift plot (frame PSNR and SSIM per block)")
     ev.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ev.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser("selftest", help="build a small plan here, run it, and check every stage against the reference")
+    st.add_argument("--target", default="cpu", help="cpu (ONNX Runtime) | cuda | tensorrt")
+    st.add_argument("--precisions", help="comma-separated (default fp32,fp16,int8,fp8,nvfp4)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_selftest)
 
     c = sub.add_parser("convert", help="turn training checkpoints into one model.safetensors")
     csub = c.add_subparsers(dest="kind", required=True)

@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from arvc.compiler.selftest import SMALL_CONFIG, write_random_checkpoint
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,23 +34,11 @@ def tiny_plan(tmp_path_factory):
     return out, manifest
 
 
-# A small random checkpoint for quantization tests: in/ffn dims multiples of 16 (NVFP4 blocks), head_dim 32.
-SMALL_CFG_ARGS = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
+# A small random checkpoint for quantization tests: the one `arvc selftest` builds.
+SMALL_CFG_ARGS = dict(SMALL_CONFIG)
 
 
 @pytest.fixture(scope="session")
 def small_ckpt(tmp_path_factory):
     """-> (checkpoint dir, its VAE module); DiT weights from init_random_weights_(seed=2)."""
-    from arvc.checkpoints.load import save_dit
-    from arvc.checkpoints.safetensors_io import write_safetensors_atomic
-    from arvc.model.config import WanConfig, WanVAEConfig
-    from arvc.model.dit import WanDiT, init_random_weights_
-    from arvc.model.vae import WanVAEDecoder
-    from arvc.model.vae import init_random_weights_ as init_vae_
-
-    cfg = WanConfig(**SMALL_CFG_ARGS)
-    d = tmp_path_factory.mktemp("small_ckpt")
-    save_dit(d / "model.safetensors", init_random_weights_(WanDiT(cfg), seed=2).state_dict(), cfg)
-    vae = init_vae_(WanVAEDecoder(WanVAEConfig(base_dim=4)), seed=2)
-    write_safetensors_atomic(d / "vae.safetensors", {k: v.contiguous() for k, v in vae.state_dict().items()})
-    return d, vae
+    return write_random_checkpoint(tmp_path_factory.mktemp("small_ckpt"))
