@@ -4,14 +4,14 @@ Caches are filled with quant/formats.py's per_token encoders, written byte for b
 csrc/arvc_kernels.h; the reference attends over kv_round_trip-decoded rows (the values the cache
 holds) restricted to the valid rows, plus the fresh rows, in float64. Tolerance: fp32 q/out agree to
 1e-5 of the output's largest magnitude (the kernel accumulates in fp32; the reference is exact to
-float64); fp16 q/out to 2e-3 (one fp16 rounding of the output, ~5e-4 relative, plus fp32 noise).
+float64); fp16 q/out to 2e-3 (one fp16 rounding of the output, ~5e-4 relative, plus fp32 noise),
+bf16 to 1.6e-2 (one bf16 rounding, ~4e-3 relative).
 """
 from __future__ import annotations
 
 import ctypes
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +20,7 @@ from arvc.quant.kv import kv_round_trip
 from tests import native
 
 FORMATS = ("fp16", "int8", "fp8", "nvfp4")
-DTYPES = {"fp32": (np.float32, 0), "fp16": (np.float16, 1)}
+DTYPES = {"fp32": (torch.float32, 0), "fp16": (torch.float16, 1), "bf16": (torch.bfloat16, 2)}
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def reference(q, k, v, valid, k_new, v_new, scale):
 
 def run_case(lib, fmt_k, fmt_v, heads, head_dim, rows, n_q, n_new, dtype, seed, q_pad=0, all_invalid=False):
     g = torch.Generator().manual_seed(seed)
-    np_dtype, code = DTYPES[dtype]
+    torch_dtype, code = DTYPES[dtype]
     k = torch.randn(rows, heads, head_dim, generator=g) * 2.0
     v = torch.randn(rows, heads, head_dim, generator=g)
     kb, vb = (native.CacheBuffers(f, rows, heads, head_dim) for f in (fmt_k, fmt_v))
@@ -83,36 +83,36 @@ def run_case(lib, fmt_k, fmt_v, heads, head_dim, rows, n_q, n_new, dtype, seed, 
     valid[: min(3, rows)] = True
     if all_invalid:
         valid[:] = False
-    valid_np = valid.numpy().astype(np.uint8)
+    valid_u8 = valid.to(torch.uint8)
 
     dim = heads * head_dim
     # q rows sit q_pad elements apart beyond their width: a non-contiguous view of a wider buffer
-    q_buf = (torch.randn(n_q, dim + q_pad, generator=g)).numpy().astype(np_dtype)
-    q = torch.from_numpy(q_buf[:, :dim].astype(np.float64)).reshape(n_q, heads, head_dim)
-    new_buf = torch.randn(2, max(n_new, 1), dim, generator=g).numpy().astype(np_dtype)
-    k_new = torch.from_numpy(new_buf[0, :n_new].astype(np.float64)).reshape(n_new, heads, head_dim)
-    v_new = torch.from_numpy(new_buf[1, :n_new].astype(np.float64)).reshape(n_new, heads, head_dim)
-    out = np.full((n_q, dim), np.nan, np_dtype)
+    q_buf = torch.randn(n_q, dim + q_pad, generator=g).to(torch_dtype)
+    q = q_buf[:, :dim].double().reshape(n_q, heads, head_dim)
+    new_buf = torch.randn(2, max(n_new, 1), dim, generator=g).to(torch_dtype)
+    k_new = new_buf[0, :n_new].double().reshape(n_new, heads, head_dim)
+    v_new = new_buf[1, :n_new].double().reshape(n_new, heads, head_dim)
+    out = torch.full((n_q, dim), float("nan"), dtype=torch_dtype)
     scale = 1.0 / head_dim**0.5
 
     st = lib.arvc_attention_qcache_cpu(
-        q_buf.ctypes.data, code, dim + q_pad, n_q, ctypes.byref(kb.struct), ctypes.byref(vb.struct),
-        valid_np.ctypes.data, new_buf[0].ctypes.data, new_buf[1].ctypes.data, dim, n_new, scale,
-        out.ctypes.data, dim)
+        q_buf.data_ptr(), code, dim + q_pad, n_q, ctypes.byref(kb.struct), ctypes.byref(vb.struct),
+        valid_u8.data_ptr(), new_buf[0].data_ptr(), new_buf[1].data_ptr(), dim, n_new, scale,
+        out.data_ptr(), dim)
     if all_invalid and n_new == 0:
         return st, None, None
     assert st == 0, lib.arvc_status_string(st)
 
     kd, vd = kv_round_trip(k, fmt_k), kv_round_trip(v, fmt_v)
     ref = reference(q, kd, vd, valid, k_new, v_new, scale)
-    return st, torch.from_numpy(out.astype(np.float64)).reshape(n_q, heads, head_dim), ref
+    return st, out.double().reshape(n_q, heads, head_dim), ref
 
 
-TOL = {"fp32": 1e-5, "fp16": 2e-3}
+TOL = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1.6e-2}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("heads,head_dim", [(2, 32), (12, 128)])
 def test_matches_reference(lib, fmt, dtype, heads, head_dim):
     _, out, ref = run_case(lib, fmt, fmt, heads, head_dim, rows=40, n_q=6, n_new=5, dtype=dtype, seed=head_dim)
