@@ -1,0 +1,161 @@
+/* Decoding of the KV-cache formats and of the 16-bit activation dtypes, one definition for the CPU
+ * reference and the CUDA kernels (__host__ __device__ under nvcc), so the two read the same bytes the
+ * same way. quant_formats.h holds the C definition of the formats (C only: it uses _Static_assert and a
+ * static table, neither usable from device code); these helpers decode exactly the same values, by
+ * arithmetic instead of a table.
+ */
+#ifndef ARVC_KV_DECODE_INLINE_H
+#define ARVC_KV_DECODE_INLINE_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "arvc_kernels.h"
+
+#ifdef __CUDACC__
+#define ARVC_HD __host__ __device__ __forceinline__
+#else
+#define ARVC_HD static inline
+#endif
+
+/* Largest head_dim the attention kernels accept: their per-query accumulators live on the stack
+ * (CPU) or in registers (CUDA), so the bound is fixed at compile time. Wan uses 128. */
+#define ARVC_ATTN_MAX_HEAD_DIM 256
+
+ARVC_HD float arvc_bits_to_float(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+ARVC_HD uint32_t arvc_float_to_bits(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    return bits;
+}
+
+/* FP8 E4M3 fn: bias 7, 3 mantissa bits, subnormals m/8 * 2^-6, 0x7F / 0xFF is NaN, no infinities. */
+ARVC_HD float arvc_decode_e4m3(uint8_t bits) {
+    const int exponent = (bits >> 3) & 0xF, mantissa = bits & 0x7;
+    float v;
+    if (exponent == 0xF && mantissa == 0x7) return NAN;
+    if (exponent == 0)
+        v = ldexpf((float)mantissa, -9);
+    else
+        v = ldexpf(1.0f + (float)mantissa * 0.125f, exponent - 7);
+    return (bits & 0x80) ? -v : v;
+}
+
+/* E2M1: 1 sign, 2 exponent bits (bias 1), 1 mantissa bit: magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6. */
+ARVC_HD float arvc_decode_e2m1(uint8_t code) {
+    const int exponent = (code >> 1) & 0x3, mantissa = code & 0x1;
+    const float v = exponent == 0 ? 0.5f * (float)mantissa : ldexpf(1.0f + 0.5f * (float)mantissa, exponent - 1);
+    return (code & 0x8) ? -v : v;
+}
+
+/* IEEE binary16 bits -> fp32 (exact: every half is a float). */
+ARVC_HD float arvc_half_bits_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const int exponent = (h >> 10) & 0x1F;
+    const uint32_t mantissa = h & 0x3FF;
+    if (exponent == 0x1F) return arvc_bits_to_float(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent == 0) {
+        const float v = ldexpf((float)mantissa, -24); /* zero or subnormal: m * 2^-24 */
+        return (h & 0x8000) ? -v : v;
+    }
+    return arvc_bits_to_float(sign | ((uint32_t)(exponent - 15 + 127) << 23) | (mantissa << 13));
+}
+
+/* fp32 -> binary16 bits, round to nearest even, overflow to inf, NaN kept (quiet). */
+ARVC_HD uint16_t arvc_float_to_half_bits(float f) {
+    const uint32_t x = arvc_float_to_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    const uint32_t abs_bits = x & 0x7FFFFFFFu;
+    if (abs_bits >= 0x7F800000u) return (uint16_t)(sign | 0x7C00 | (abs_bits > 0x7F800000u ? 0x200 : 0));
+    if (abs_bits >= 0x477FF000u) return (uint16_t)(sign | 0x7C00); /* rounds past 65504 */
+    if (abs_bits < 0x38800000u) {
+        /* below the smallest normal half (2^-14): a multiple of 2^-24; rintf rounds half to even */
+        const float a = arvc_bits_to_float(abs_bits);
+        return (uint16_t)(sign | (uint16_t)rintf(ldexpf(a, 24)));
+    }
+    /* normal: drop 13 mantissa bits with round to nearest even; a carry into the exponent is right */
+    const uint32_t rounded = abs_bits + 0xFFFu + ((abs_bits >> 13) & 1u);
+    return (uint16_t)(sign | ((rounded - (112u << 23)) >> 13));
+}
+
+ARVC_HD float arvc_bf16_bits_to_float(uint16_t b) { return arvc_bits_to_float((uint32_t)b << 16); }
+
+ARVC_HD uint16_t arvc_float_to_bf16_bits(float f) {
+    const uint32_t x = arvc_float_to_bits(f);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40); /* keep NaN a NaN */
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+/* Element e of a row of activations in dtype (ARVC_F32 / ARVC_F16 / ARVC_BF16). */
+ARVC_HD float arvc_load_act(const void *row, int32_t dtype, int64_t e) {
+    if (dtype == ARVC_F32) return ((const float *)row)[e];
+    const uint16_t bits = ((const uint16_t *)row)[e];
+    return dtype == ARVC_F16 ? arvc_half_bits_to_float(bits) : arvc_bf16_bits_to_float(bits);
+}
+
+ARVC_HD void arvc_store_act(void *row, int32_t dtype, int64_t e, float v) {
+    if (dtype == ARVC_F32)
+        ((float *)row)[e] = v;
+    else
+        ((uint16_t *)row)[e] = dtype == ARVC_F16 ? arvc_float_to_half_bits(v) : arvc_float_to_bf16_bits(v);
+}
+
+/* The cached value of (row, head, d), decoded from the cache's format: code * scale[row, head]
+ * (NVFP4: e2m1(code) * e4m3(block_scale) * scale_2[row, head]). The format is checked by the caller. */
+ARVC_HD float arvc_kv_decode(const arvc_kv_cache *c, int64_t row, int32_t head, int32_t d) {
+    const int64_t dim = (int64_t)c->heads * c->head_dim;
+    const int64_t e = (int64_t)head * c->head_dim + d; /* element within the row */
+    switch (c->format) {
+        case ARVC_KV_FP16: return arvc_half_bits_to_float(((const uint16_t *)c->data)[row * dim + e]);
+        case ARVC_KV_INT8:
+            return (float)((const int8_t *)c->data)[row * dim + e] * c->scale[row * c->heads + head];
+        case ARVC_KV_FP8:
+            return arvc_decode_e4m3(((const uint8_t *)c->data)[row * dim + e]) * c->scale[row * c->heads + head];
+        case ARVC_KV_NVFP4: {
+            const uint8_t byte = ((const uint8_t *)c->data)[row * (dim / 2) + e / 2];
+            const uint8_t code = (e & 1) ? (uint8_t)(byte >> 4) : (uint8_t)(byte & 0xF);
+            const uint8_t block = c->block_scale[row * (dim / 16) + e / 16];
+            return arvc_decode_e2m1(code) * arvc_decode_e4m3(block) * c->scale[row * c->heads + head];
+        }
+        default: return NAN;
+    }
+}
+
+/* Host-side validation shared by the CPU and CUDA entry points (reads only the structs, never the
+ * buffers, so it is safe with device pointers). */
+static inline arvc_status arvc_check_kv_cache(const arvc_kv_cache *c) {
+    if (!c || !c->data || c->heads <= 0 || c->head_dim <= 0 || c->rows <= 0) return ARVC_ERR_ARGUMENT;
+    if (c->format < ARVC_KV_FP16 || c->format > ARVC_KV_NVFP4) return ARVC_ERR_FORMAT;
+    if (c->format == ARVC_KV_NVFP4 && c->head_dim % 16) return ARVC_ERR_FORMAT;
+    if (c->format != ARVC_KV_FP16 && !c->scale) return ARVC_ERR_ARGUMENT;
+    if (c->format == ARVC_KV_NVFP4 && !c->block_scale) return ARVC_ERR_ARGUMENT;
+    return ARVC_OK;
+}
+
+/* Everything about the attention arguments that can be checked without reading device memory; the
+ * "at least one key" rule (key_valid) is checked by each implementation. */
+static inline arvc_status arvc_check_attention_args(const void *q, int32_t dtype, int64_t q_row_stride, int32_t n_q,
+                                                    const arvc_kv_cache *k_cache, const arvc_kv_cache *v_cache,
+                                                    const uint8_t *key_valid, const void *k_new, const void *v_new,
+                                                    int64_t new_row_stride, int32_t n_new, const void *out,
+                                                    int64_t out_row_stride) {
+    arvc_status s = arvc_check_kv_cache(k_cache);
+    if (s != ARVC_OK) return s;
+    if ((s = arvc_check_kv_cache(v_cache)) != ARVC_OK) return s;
+    if (k_cache->heads != v_cache->heads || k_cache->head_dim != v_cache->head_dim || k_cache->rows != v_cache->rows)
+        return ARVC_ERR_ARGUMENT;
+    if (dtype != ARVC_F32 && dtype != ARVC_F16 && dtype != ARVC_BF16) return ARVC_ERR_ARGUMENT;
+    const int64_t dim = (int64_t)k_cache->heads * k_cache->head_dim;
+    if (!q || !out || !key_valid || n_q <= 0 || q_row_stride < dim || out_row_stride < dim) return ARVC_ERR_ARGUMENT;
+    if (n_new < 0 || (n_new > 0 && (!k_new || !v_new || new_row_stride < dim))) return ARVC_ERR_ARGUMENT;
+    if (k_cache->head_dim > ARVC_ATTN_MAX_HEAD_DIM) return ARVC_ERR_UNSUPPORTED;
+    return ARVC_OK;
+}
+
+#endif /* ARVC_KV_DECODE_INLINE_H */
