@@ -19,7 +19,7 @@
 #include "arvc_kernels.h"
 
 #ifdef __CUDACC__
-#define ARVC_HD __host__ __device__ __forceinline__
+#define ARVC_HD static __host__ __device__ __forceinline__
 #else
 #define ARVC_HD static inline
 #endif
