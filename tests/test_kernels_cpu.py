@@ -244,3 +244,20 @@ def test_rope3d_strided_rows_and_errors(native):
     assert lib.arvc_rope3d_cpu(got.ctypes.data, 0, 32, heads, 15, 2, 1, 3, 0) == ERR_ARGUMENT  # odd head_dim
     assert lib.arvc_rope3d_cpu(got.ctypes.data, 0, 32, heads, head_dim, 0, 1, 3, 0) == ERR_ARGUMENT
     assert lib.arvc_rope3d_cpu(got.ctypes.data, 9, 32, heads, head_dim, 2, 1, 3, 0) == ERR_ARGUMENT
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_write_bf16_input(native, fmt):
+    """bf16 activations (ARVC_BF16): the encoders see x.float(), exactly as the Python codecs do."""
+    _, lib = native
+    rng = np.random.default_rng(11)
+    heads, head_dim = 2, 32
+    x = torch.from_numpy(random_rows(rng, 5, heads, head_dim)).bfloat16()
+    cache = CacheBuffers(fmt, 8, heads, head_dim)
+    idx = np.array([6, 1, 4, 0, 7], np.int32)
+    st = lib.arvc_kv_cache_write_cpu(ctypes.byref(cache.struct), x.data_ptr(), 2, heads * head_dim, idx.ctypes.data,
+                                     len(idx))
+    assert st == OK
+    exp = expected_parts(fmt, x.float()) if fmt != "fp16" else {"data": x.half().reshape(5, -1).numpy()}
+    for part, want in exp.items():
+        assert np.array_equal(getattr(cache, part)[idx].view(np.uint8), np.ascontiguousarray(want).view(np.uint8)), part
