@@ -58,6 +58,12 @@ def random_rows(rng, n: int, heads: int, head_dim: int) -> np.ndarray:
     x[1 % n, 0] = np.arange(head_dim, dtype=np.float32) - head_dim / 2 + 0.5  # k + 0.5: int8 ties ...
     x[1 % n, 0, 0] = 127.0  # ... once amax 127 makes the scale exactly 1
     x[2 % n, heads - 1, 3] = 3e4
+    # NVFP4 ties: amax 6*448 makes scale_2 1 and the first block's scale 448, so x/448 hits every E2M1
+    # midpoint (and its negative)
+    mids = np.array([6, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5], np.float32)
+    x[3 % n, 0, :16] = 448 * np.concatenate([mids, -mids])
+    # FP8 ties: amax 448 makes the scale 1; 432 ties 416/448, 17 ties 16/18, 2^-10 ties 0/2^-9, 3*2^-10 1/2
+    x[3 % n, 1 % heads, :5] = [448.0, 432.0, -17.0, 2.0**-10, -3 * 2.0**-10]
     return x
 
 
