@@ -1,6 +1,13 @@
 // arvc_kv_cache_write_cpu: the reference cache write. Each (token, head) is quantized on its own, as
 // quant/formats.py does with granularity "per_token"; the element arithmetic is kv_quant_inline.h's,
 // shared with the CUDA kernel.
+//
+// Contract details beyond arvc_kernels.h:
+// - NaN / inf input is rejected for every format, FP16 included (a non-finite key poisons every later
+//   attention read); all rows are checked before the first write, so a rejected call writes nothing.
+// - FP16 stores x.half(): a finite value beyond 65504 becomes inf, exactly as torch does.
+// - Duplicate row indices: the last input row naming a cache row wins here; the CUDA kernel writes
+//   them concurrently, so callers must not rely on either (the runtime never names a row twice).
 #include "kv_cache_args.h"
 
 namespace {
@@ -65,7 +72,6 @@ extern "C" arvc_status arvc_kv_cache_write_cpu(const arvc_kv_cache *cache, const
         for (int64_t j = 0; j < dim; ++j)
             if (!arvc_is_finite(arvc_load(x, x_dtype, i * x_row_stride + j))) return ARVC_ERR_NONFINITE;
 
-    // Duplicate row indices are not an error: the last input row naming a cache row wins.
     const int64_t row_bytes = arvc_kv_row_bytes(cache);
     uint8_t *data = static_cast<uint8_t *>(cache->data);
     for (int32_t i = 0; i < n; ++i) {

@@ -10,6 +10,9 @@
 // lane encodes elements with kv_quant_inline.h's functions, the same code the CPU reference runs.
 // NVFP4 gives each 16-element block half a warp (a 16-lane reduction for the block amax, neighbour
 // lanes pair their codes into one byte).
+//
+// Duplicate row indices race (warps of both input rows write the same bytes): the runtime never names a
+// row twice in one call, and the result is unspecified if it does.
 #include <mutex>
 
 #include <cuda_runtime.h>
