@@ -1,0 +1,170 @@
+"""CUDA cache-op kernels against the CPU references: arvc_kv_cache_write_cuda must write the same bytes
+as arvc_kv_cache_write_cpu for every format and input dtype, reject what it rejects without writing,
+and arvc_rope3d_cuda must agree with arvc_rope3d_cpu to 1 ulp (the device's double pow/cos/sin are not
+libm's). Needs a CUDA device and nvcc; the buffers are torch CUDA tensors passed by data_ptr."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from native import KV_FORMAT, KVCache, build, load
+
+pytestmark = pytest.mark.gpu
+
+FORMATS = ("fp16", "int8", "fp8", "nvfp4")
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+OK, ERR_ARGUMENT, ERR_NONFINITE = 0, 1, 3
+P = ctypes.c_void_p
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory):
+    """(CPU library, CUDA library), both from one ARVC_CUDA=ON build."""
+    build_dir = build(tmp_path_factory.mktemp("native_gpu"), cuda=True)
+    cpu = load(build_dir)
+    cuda_so = list(build_dir.rglob("libarvc_kernels_cuda.so"))
+    if not cuda_so:
+        pytest.skip("libarvc_kernels_cuda.so was not built (nvcc not found by CMake)")
+    gpu = ctypes.CDLL(str(cuda_so[0]))
+    cpu.arvc_kv_cache_write_cpu.argtypes = [P, P, ctypes.c_int32, ctypes.c_int64, P, ctypes.c_int32]
+    gpu.arvc_kv_cache_write_cuda.argtypes = [P, P, ctypes.c_int32, ctypes.c_int64, P, ctypes.c_int32, P]
+    cpu.arvc_rope3d_cpu.argtypes = [P, ctypes.c_int32, ctypes.c_int64] + [ctypes.c_int32] * 6
+    gpu.arvc_rope3d_cuda.argtypes = [P, ctypes.c_int32, ctypes.c_int64] + [ctypes.c_int32] * 6 + [P]
+    return cpu, gpu
+
+
+class TorchCache:
+    """A cache's parts as zeroed torch tensors on `device`, and the arvc_kv_cache struct over them."""
+
+    def __init__(self, fmt: str, rows: int, heads: int, head_dim: int, device: str):
+        dim = heads * head_dim
+        data_dtype = {"fp16": torch.float16, "int8": torch.int8, "fp8": torch.uint8, "nvfp4": torch.uint8}[fmt]
+        self.data = torch.zeros(rows, dim // 2 if fmt == "nvfp4" else dim, dtype=data_dtype, device=device)
+        self.block_scale = torch.zeros(rows, dim // 16, dtype=torch.uint8, device=device) if fmt == "nvfp4" else None
+        self.scale = torch.zeros(rows, heads, dtype=torch.float32, device=device) if fmt != "fp16" else None
+        ptr = (lambda t: t.data_ptr() if t is not None else None)
+        self.struct = KVCache(KV_FORMAT[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
+                              ptr(self.scale))
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        out = {"data": self.data, "block_scale": self.block_scale, "scale": self.scale}
+        return {k: v.cpu() for k, v in out.items() if v is not None}
+
+
+def stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def write_both(libs, fmt, x: torch.Tensor, rows: list[int], rows_total: int):
+    """x: CPU tensor [n, heads, head_dim] -> (cpu cache, gpu cache, (cpu status, gpu status))."""
+    cpu, gpu = libs
+    n, heads, head_dim = x.shape
+    stride = heads * head_dim
+    idx = torch.tensor(rows, dtype=torch.int32)
+    c_cache, g_cache = TorchCache(fmt, rows_total, heads, head_dim, "cpu"), TorchCache(fmt, rows_total, heads, head_dim,
+                                                                                       "cuda")
+    xg, idx_g = x.cuda(), idx.cuda()
+    st_c = cpu.arvc_kv_cache_write_cpu(ctypes.byref(c_cache.struct), x.data_ptr(), DTYPES[x.dtype], stride,
+                                       idx.data_ptr(), n)
+    st_g = gpu.arvc_kv_cache_write_cuda(ctypes.byref(g_cache.struct), xg.data_ptr(), DTYPES[x.dtype], stride,
+                                        idx_g.data_ptr(), n, stream())
+    torch.cuda.synchronize()
+    return c_cache, g_cache, (st_c, st_g)
+
+
+def random_rows(gen: torch.Generator, n: int, heads: int, head_dim: int) -> torch.Tensor:
+    mags = 10.0 ** (torch.rand(n, heads, 1, generator=gen) * 10 - 6)
+    x = torch.randn(n, heads, head_dim, generator=gen) * mags
+    x[0, 0] = 0.0
+    x[1, 0] = torch.arange(head_dim) - head_dim / 2 + 0.5  # int8 ties once amax 127 makes the scale 1
+    x[1, 0, 0] = 127.0
+    x[2, heads - 1, 3] = 3e4
+    return x
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("head_dim", [16, 64, 128])  # 1 NVFP4 block per head (half a warp idle), 4, 8
+def test_write_matches_cpu(libs, fmt, dtype, head_dim):
+    gen = torch.Generator().manual_seed(head_dim)
+    heads, n = 5, 37  # 5 heads: the last thread block has idle warps
+    x = random_rows(gen, n, heads, head_dim).clamp(-6e4, 6e4).to(dtype)  # finite in fp16 too
+    rows = torch.randperm(64, generator=gen)[:n].tolist()
+    c_cache, g_cache, statuses = write_both(libs, fmt, x, rows, 64)
+    assert statuses == (OK, OK)
+    for (name, c), g in zip(c_cache.parts().items(), g_cache.parts().values()):
+        assert torch.equal(c.view(torch.uint8), g.view(torch.uint8)), f"{fmt} {dtype} {name}"
+    assert c_cache.data.view(torch.uint8).any()  # the comparison is not of two empty caches
+
+
+def test_write_strided_input(libs):
+    cpu, gpu = libs
+    heads, head_dim, n = 2, 32, 6
+    base = torch.randn(n, 3 * heads * head_dim)
+    idx = torch.tensor([5, 0, 3, 1, 2, 4], dtype=torch.int32)
+    c_cache, g_cache = TorchCache("nvfp4", 8, heads, head_dim, "cpu"), TorchCache("nvfp4", 8, heads, head_dim, "cuda")
+    bg, ig = base.cuda(), idx.cuda()
+    assert cpu.arvc_kv_cache_write_cpu(ctypes.byref(c_cache.struct), base.data_ptr(), 0, base.shape[1], idx.data_ptr(),
+                                       n) == OK
+    assert gpu.arvc_kv_cache_write_cuda(ctypes.byref(g_cache.struct), bg.data_ptr(), 0, bg.shape[1], ig.data_ptr(), n,
+                                        stream()) == OK
+    torch.cuda.synchronize()
+    for c, g in zip(c_cache.parts().values(), g_cache.parts().values()):
+        assert torch.equal(c.view(torch.uint8), g.view(torch.uint8))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_write_rejects_without_writing(libs, fmt):
+    heads, head_dim = 2, 32
+    x = torch.ones(4, heads, head_dim)
+    x[3, 1, 5] = float("nan")
+    _, g_cache, statuses = write_both(libs, fmt, x, [0, 1, 2, 3], 4)
+    assert statuses == (ERR_NONFINITE, ERR_NONFINITE)
+    assert all(not p.view(torch.uint8).any() for p in g_cache.parts().values())
+    x[3, 1, 5] = float("-inf")
+    _, g_cache, statuses = write_both(libs, fmt, x, [0, 1, 2, 3], 4)
+    assert statuses == (ERR_NONFINITE, ERR_NONFINITE)
+    x[3, 1, 5] = 1.0
+    _, g_cache, statuses = write_both(libs, fmt, x, [0, 1, 4, 3], 4)  # row 4 of 4: checked on the device
+    assert statuses == (ERR_ARGUMENT, ERR_ARGUMENT)
+    assert all(not p.view(torch.uint8).any() for p in g_cache.parts().values())
+    _, g_cache, statuses = write_both(libs, fmt, x, [0, 1, 2, 3], 4)  # the flag was reset: a good call passes
+    assert statuses == (OK, OK)
+
+
+def ulp(v: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The spacing of `dtype` numbers at |v| (float64), subnormal spacing near 0."""
+    mantissa, smallest = {torch.float32: (23, 2.0**-149), torch.float16: (10, 2.0**-24),
+                          torch.bfloat16: (7, 2.0**-133)}[dtype]
+    exponent = np.floor(np.log2(np.maximum(np.abs(v), smallest)))
+    return np.maximum(2.0 ** (exponent - mantissa), smallest)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("frame_offset", [0, 7])
+def test_rope3d_matches_cpu(libs, dtype, frame_offset):
+    """At most 1 ulp of the dtype apart, and >= 99% of elements identical."""
+    cpu, gpu = libs
+    heads, head_dim, frames, height, width = 3, 128, 3, 6, 10
+    x = (torch.randn(frames * height * width, heads, head_dim, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    xc, xg = x.clone(), x.cuda()
+    args = (DTYPES[dtype], heads * head_dim, heads, head_dim, frames, height, width, frame_offset)
+    assert cpu.arvc_rope3d_cpu(xc.data_ptr(), *args) == OK
+    assert gpu.arvc_rope3d_cuda(xg.data_ptr(), *args, stream()) == OK
+    torch.cuda.synchronize()
+    got, want = xg.cpu().double().numpy(), xc.double().numpy()
+    assert (np.abs(got - want) <= ulp(want, dtype)).all()
+    assert (got == want).mean() >= 0.99
+
+
+def test_rope3d_argument_errors(libs):
+    _, gpu = libs
+    x = torch.ones(4, 32, device="cuda")
+    assert gpu.arvc_rope3d_cuda(x.data_ptr(), 0, 31, 1, 32, 1, 2, 2, 0, stream()) == ERR_ARGUMENT
+    assert gpu.arvc_rope3d_cuda(None, 0, 32, 1, 32, 1, 2, 2, 0, stream()) == ERR_ARGUMENT
+    assert gpu.arvc_rope3d_cuda(x.data_ptr(), 5, 32, 1, 32, 1, 2, 2, 0, stream()) == ERR_ARGUMENT
+    torch.cuda.synchronize()
+    assert torch.equal(x, torch.ones_like(x))
