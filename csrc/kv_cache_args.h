@@ -15,7 +15,7 @@ static inline arvc_status arvc_kv_write_check_args(const arvc_kv_cache *cache, c
         return ARVC_ERR_ARGUMENT;
     if (f != ARVC_KV_FP16 && cache->scale == NULL) return ARVC_ERR_ARGUMENT;
     if (f == ARVC_KV_NVFP4) {
-        if (cache->head_dim % ARVC_BLOCK) return ARVC_ERR_FORMAT; /* a block must not straddle two heads */
+        if (cache->head_dim % ARVC_NVFP4_BLOCK) return ARVC_ERR_FORMAT; /* a block must not straddle two heads */
         if (cache->block_scale == NULL) return ARVC_ERR_ARGUMENT;
     }
     if (!arvc_dtype_valid(x_dtype)) return ARVC_ERR_ARGUMENT;

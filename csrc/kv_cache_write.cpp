@@ -43,11 +43,11 @@ void write_fp8(const HeadIn &in, uint8_t *out, float *scale) {
 
 void write_nvfp4(const HeadIn &in, uint8_t *codes, uint8_t *block_scale, float *scale) {
     const float s2 = arvc_nvfp4_scale_2(in.amax(0, in.len));
-    for (int32_t b = 0; b < in.len / ARVC_BLOCK; ++b) {
-        const int32_t begin = b * ARVC_BLOCK;
-        const uint8_t bs = arvc_nvfp4_block_scale(in.amax(begin, begin + ARVC_BLOCK), s2);
+    for (int32_t b = 0; b < in.len / ARVC_NVFP4_BLOCK; ++b) {
+        const int32_t begin = b * ARVC_NVFP4_BLOCK;
+        const uint8_t bs = arvc_nvfp4_block_scale(in.amax(begin, begin + ARVC_NVFP4_BLOCK), s2);
         block_scale[b] = bs;
-        for (int32_t j = 0; j < ARVC_BLOCK; j += 2) {  // element 2i in the low nibble
+        for (int32_t j = 0; j < ARVC_NVFP4_BLOCK; j += 2) {  // element 2i in the low nibble
             const uint8_t lo = arvc_nvfp4_code(in.at(begin + j), bs, s2);
             const uint8_t hi = arvc_nvfp4_code(in.at(begin + j + 1), bs, s2);
             codes[(begin + j) / 2] = static_cast<uint8_t>(lo | (hi << 4));
@@ -92,7 +92,7 @@ extern "C" arvc_status arvc_kv_cache_write_cpu(const arvc_kv_cache *cache, const
                     break;
                 case ARVC_KV_NVFP4:
                     write_nvfp4(in, row + static_cast<int64_t>(h) * head_dim / 2,
-                                cache->block_scale + r * (dim / ARVC_BLOCK) + static_cast<int64_t>(h) * head_dim / ARVC_BLOCK,
+                                cache->block_scale + r * (dim / ARVC_NVFP4_BLOCK) + static_cast<int64_t>(h) * head_dim / ARVC_NVFP4_BLOCK,
                                 scale);
                     break;
             }

@@ -77,18 +77,18 @@ __global__ void write_rows(arvc_kv_cache c, int64_t row_bytes, const void *x, in
         }
         case ARVC_KV_NVFP4: {
             const float s2 = arvc_nvfp4_scale_2(amax);
-            const int32_t nb = hd / ARVC_BLOCK, e = lane % ARVC_BLOCK;
+            const int32_t nb = hd / ARVC_NVFP4_BLOCK, e = lane % ARVC_NVFP4_BLOCK;
             uint8_t *codes = row + int64_t(h) * hd / 2;
             uint8_t *bscale = c.block_scale + r * (int64_t(c.heads) * nb) + int64_t(h) * nb;
             for (int32_t b0 = 0; b0 < nb; b0 += 2) {  // the same trip count for every lane
-                const int32_t b = b0 + lane / ARVC_BLOCK;
+                const int32_t b = b0 + lane / ARVC_NVFP4_BLOCK;
                 const bool active = b < nb;
-                const float v = active ? arvc_load(x, dtype, in + b * ARVC_BLOCK + e) : 0.0f;
-                const float bamax = warp_max(fabsf(v), ARVC_BLOCK);  // xor offsets < 16: within the half
+                const float v = active ? arvc_load(x, dtype, in + b * ARVC_NVFP4_BLOCK + e) : 0.0f;
+                const float bamax = warp_max(fabsf(v), ARVC_NVFP4_BLOCK);  // xor offsets < 16: within the half
                 const uint8_t bs = arvc_nvfp4_block_scale(bamax, s2);
                 const uint8_t code = arvc_nvfp4_code(v, bs, s2);
                 const uint8_t odd = static_cast<uint8_t>(__shfl_down_sync(kFull, unsigned(code), 1));
-                if (active && e % 2 == 0) codes[(b * ARVC_BLOCK + e) / 2] = static_cast<uint8_t>(code | (odd << 4));
+                if (active && e % 2 == 0) codes[(b * ARVC_NVFP4_BLOCK + e) / 2] = static_cast<uint8_t>(code | (odd << 4));
                 if (active && e == 0) bscale[b] = bs;
             }
             if (lane == 0) *scale = s2;

@@ -1,8 +1,6 @@
 /* Decoding of the KV-cache formats and of the 16-bit activation dtypes, one definition for the CPU
  * reference and the CUDA kernels (__host__ __device__ under nvcc), so the two read the same bytes the
- * same way. quant_formats.h holds the C definition of the formats (C only: it uses _Static_assert and a
- * static table, neither usable from device code); these helpers decode exactly the same values, by
- * arithmetic instead of a table.
+ * same way. The E4M3 / E2M1 element decoders are quant_formats.h's (the one definition of the formats).
  */
 #ifndef ARVC_KV_DECODE_INLINE_H
 #define ARVC_KV_DECODE_INLINE_H
@@ -12,12 +10,7 @@
 #include <string.h>
 
 #include "arvc_kernels.h"
-
-#ifdef __CUDACC__
-#define ARVC_HD __host__ __device__ __forceinline__
-#else
-#define ARVC_HD static inline
-#endif
+#include "quant_formats.h"
 
 /* Largest head_dim the attention kernels accept: their per-query accumulators live on the stack
  * (CPU) or in registers (CUDA), so the bound is fixed at compile time. Wan uses 128. */
@@ -33,25 +26,6 @@ ARVC_HD uint32_t arvc_float_to_bits(float f) {
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
     return bits;
-}
-
-/* FP8 E4M3 fn: bias 7, 3 mantissa bits, subnormals m/8 * 2^-6, 0x7F / 0xFF is NaN, no infinities. */
-ARVC_HD float arvc_decode_e4m3(uint8_t bits) {
-    const int exponent = (bits >> 3) & 0xF, mantissa = bits & 0x7;
-    float v;
-    if (exponent == 0xF && mantissa == 0x7) return NAN;
-    if (exponent == 0)
-        v = ldexpf((float)mantissa, -9);
-    else
-        v = ldexpf(1.0f + (float)mantissa * 0.125f, exponent - 7);
-    return (bits & 0x80) ? -v : v;
-}
-
-/* E2M1: 1 sign, 2 exponent bits (bias 1), 1 mantissa bit: magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6. */
-ARVC_HD float arvc_decode_e2m1(uint8_t code) {
-    const int exponent = (code >> 1) & 0x3, mantissa = code & 0x1;
-    const float v = exponent == 0 ? 0.5f * (float)mantissa : ldexpf(1.0f + 0.5f * (float)mantissa, exponent - 1);
-    return (code & 0x8) ? -v : v;
 }
 
 /* IEEE binary16 bits -> fp32 (exact: every half is a float). */
@@ -116,12 +90,12 @@ ARVC_HD float arvc_kv_decode(const arvc_kv_cache *c, int64_t row, int32_t head, 
         case ARVC_KV_INT8:
             return (float)((const int8_t *)c->data)[row * dim + e] * c->scale[row * c->heads + head];
         case ARVC_KV_FP8:
-            return arvc_decode_e4m3(((const uint8_t *)c->data)[row * dim + e]) * c->scale[row * c->heads + head];
+            return arvc_e4m3_value(((const uint8_t *)c->data)[row * dim + e]) * c->scale[row * c->heads + head];
         case ARVC_KV_NVFP4: {
             const uint8_t byte = ((const uint8_t *)c->data)[row * (dim / 2) + e / 2];
             const uint8_t code = (e & 1) ? (uint8_t)(byte >> 4) : (uint8_t)(byte & 0xF);
             const uint8_t block = c->block_scale[row * (dim / 16) + e / 16];
-            return arvc_decode_e2m1(code) * arvc_decode_e4m3(block) * c->scale[row * c->heads + head];
+            return arvc_e2m1_value(code) * arvc_e4m3_value(block) * c->scale[row * c->heads + head];
         }
         default: return NAN;
     }

@@ -17,16 +17,10 @@
 #include <string.h>
 
 #include "arvc_kernels.h"
-
-#ifdef __CUDACC__
-#define ARVC_HD static __host__ __device__ __forceinline__
-#else
-#define ARVC_HD static inline
-#endif
+#include "quant_formats.h"
 
 #define ARVC_E4M3_MAX 448.0f
 #define ARVC_E2M1_MAX 6.0f
-#define ARVC_BLOCK 16
 
 /* ---- bit casts ------------------------------------------------------------------------------------ */
 
@@ -120,14 +114,6 @@ ARVC_HD uint8_t arvc_e4m3_encode(float y) {
     return sign | (uint8_t)(((u + 0x7FFFFu + odd) >> 20) - (120u << 3));
 }
 
-/* Value of E4M3 bits that are not the NaN pattern (every encoder output here). */
-ARVC_HD float arvc_e4m3_decode(uint8_t bits) {
-    uint32_t exponent = (bits >> 3) & 0xF, mantissa = bits & 0x7;
-    float v = exponent ? arvc_bits_float(((exponent + 120u) << 23) | (mantissa << 20))
-                       : (float)mantissa * 0.001953125f; /* m * 2^-9 */
-    return (bits & 0x80) ? -v : v;
-}
-
 /* ---- E2M1 ------------------------------------------------------------------------------------------ */
 
 /* 4-bit code of v: nearest of 0, .5, 1, 1.5, 2, 3, 4, 6 (saturating), a tie goes to the even code;
@@ -171,7 +157,7 @@ ARVC_HD uint8_t arvc_nvfp4_block_scale(float block_amax, float scale_2) {
 
 /* Code of x in a block whose scale is (block_scale bits, scale_2): e2m1(x / (block * scale_2)). */
 ARVC_HD uint8_t arvc_nvfp4_code(float x, uint8_t block_scale_bits, float scale_2) {
-    return arvc_e2m1_code(x / (arvc_e4m3_decode(block_scale_bits) * scale_2));
+    return arvc_e2m1_code(x / (arvc_e4m3_value(block_scale_bits) * scale_2));
 }
 
 /* ---- Wan 3D RoPE -------------------------------------------------------------------------------------- */

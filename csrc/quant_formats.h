@@ -15,16 +15,31 @@
 #include <math.h>
 #include <stdint.h>
 
+/* Host and device: the CPU references (C, C++) and the CUDA kernels (nvcc) share these definitions. */
+#ifndef ARVC_HD
+#ifdef __CUDACC__
+#define ARVC_HD static __host__ __device__ __forceinline__
+#else
+#define ARVC_HD static inline
+#endif
+#endif
+
+#ifdef __cplusplus
+#define ARVC_STATIC_ASSERT static_assert
+#else
+#define ARVC_STATIC_ASSERT _Static_assert
+#endif
+
 #define ARVC_NVFP4_BLOCK 16
 
 /* One NVFP4 block as stored: 8 bytes of packed codes; its E4M3 scale lives in the scale plane. */
 typedef struct {
     uint8_t codes[ARVC_NVFP4_BLOCK / 2];
 } arvc_nvfp4_block;
-_Static_assert(sizeof(arvc_nvfp4_block) == 8, "an NVFP4 block packs 16 E2M1 codes into 8 bytes");
+ARVC_STATIC_ASSERT(sizeof(arvc_nvfp4_block) == 8, "an NVFP4 block packs 16 E2M1 codes into 8 bytes");
 
 typedef uint8_t arvc_e4m3; /* FP8 E4M3 fn: sign, 4 exponent bits (bias 7), 3 mantissa bits, no inf */
-_Static_assert(sizeof(arvc_e4m3) == 1, "E4M3 is one byte");
+ARVC_STATIC_ASSERT(sizeof(arvc_e4m3) == 1, "E4M3 is one byte");
 
 typedef struct {
     const arvc_nvfp4_block *blocks;  /* [rows, cols / 16] */
@@ -39,7 +54,7 @@ typedef struct {
     int64_t rows, cols;
 } arvc_int8_channel_tensor;
 
-static inline float arvc_e4m3_value(arvc_e4m3 bits) {
+ARVC_HD float arvc_e4m3_value(arvc_e4m3 bits) {
     int sign = bits >> 7, exponent = (bits >> 3) & 0xF, mantissa = bits & 0x7;
     float v;
     if (exponent == 0xF && mantissa == 0x7) return NAN; /* the fn variant's only special value */
@@ -50,20 +65,22 @@ static inline float arvc_e4m3_value(arvc_e4m3 bits) {
     return sign ? -v : v;
 }
 
-static inline float arvc_e2m1_value(uint8_t code) {
-    static const float magnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-    float v = magnitude[code & 0x7];
+/* E2M1: sign, 2 exponent bits (bias 1), 1 mantissa bit: magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6
+ * (arithmetic rather than a table, so device code can use it too). */
+ARVC_HD float arvc_e2m1_value(uint8_t code) {
+    int exponent = (code >> 1) & 0x3, mantissa = code & 0x1;
+    float v = exponent == 0 ? 0.5f * (float)mantissa : ldexpf(1.0f + 0.5f * (float)mantissa, exponent - 1);
     return (code & 0x8) ? -v : v;
 }
 
-static inline float arvc_nvfp4_get(const arvc_nvfp4_tensor *t, int64_t row, int64_t col) {
+ARVC_HD float arvc_nvfp4_get(const arvc_nvfp4_tensor *t, int64_t row, int64_t col) {
     int64_t nb = t->cols / ARVC_NVFP4_BLOCK, b = col / ARVC_NVFP4_BLOCK, i = col % ARVC_NVFP4_BLOCK;
     uint8_t byte = t->blocks[row * nb + b].codes[i / 2];
     uint8_t code = (i % 2) ? (byte >> 4) : (byte & 0xF);
     return arvc_e2m1_value(code) * arvc_e4m3_value(t->block_scale[row * nb + b]) * t->scale_2;
 }
 
-static inline float arvc_int8_get(const arvc_int8_channel_tensor *t, int64_t row, int64_t col) {
+ARVC_HD float arvc_int8_get(const arvc_int8_channel_tensor *t, int64_t row, int64_t col) {
     return (float)t->data[row * t->cols + col] * t->scale[row];
 }
 

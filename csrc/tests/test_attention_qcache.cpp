@@ -53,15 +53,15 @@ arvc_status attend(const std::vector<float> &q, int n_q, const Cache &k, const C
 }
 
 void test_decode_helpers() {
-    expect(arvc_decode_e4m3(0x38) == 1.0f, "e4m3 0x38 = 1");
-    expect(arvc_decode_e4m3(0x7E) == 448.0f, "e4m3 0x7E = 448");
-    expect(arvc_decode_e4m3(0x01) == std::ldexp(1.0f, -9), "e4m3 0x01 = 2^-9");
-    expect(arvc_decode_e4m3(0xB8) == -1.0f, "e4m3 0xB8 = -1");
-    expect(std::isnan(arvc_decode_e4m3(0x7F)), "e4m3 0x7F is NaN");
+    expect(arvc_e4m3_value(0x38) == 1.0f, "e4m3 0x38 = 1");
+    expect(arvc_e4m3_value(0x7E) == 448.0f, "e4m3 0x7E = 448");
+    expect(arvc_e4m3_value(0x01) == std::ldexp(1.0f, -9), "e4m3 0x01 = 2^-9");
+    expect(arvc_e4m3_value(0xB8) == -1.0f, "e4m3 0xB8 = -1");
+    expect(std::isnan(arvc_e4m3_value(0x7F)), "e4m3 0x7F is NaN");
     const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
     for (int c = 0; c < 8; ++c) {
-        expect(arvc_decode_e2m1(static_cast<uint8_t>(c)) == e2m1[c], "e2m1 magnitude");
-        expect(arvc_decode_e2m1(static_cast<uint8_t>(c | 8)) == -e2m1[c], "e2m1 sign");
+        expect(arvc_e2m1_value(static_cast<uint8_t>(c)) == e2m1[c], "e2m1 magnitude");
+        expect(arvc_e2m1_value(static_cast<uint8_t>(c | 8)) == -e2m1[c], "e2m1 sign");
     }
     // every non-NaN half survives half -> float -> half; ties round to even
     for (uint32_t h = 0; h < 0x10000; ++h) {
