@@ -27,7 +27,7 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _session(path: Path, threads: int, providers: list[str]):
+def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -38,6 +38,8 @@ def _session(path: Path, threads: int, providers: list[str]):
     # DiT and VAE sessions run at the same time; spinning threads would steal each other's cores.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
+    if exact_qdq:  # ORT otherwise fuses int8 Q/DQ into its integer kernels, whose rounding differs slightly
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
@@ -61,7 +63,8 @@ class StageTimes:
 class OrtBackend:
     name = "ort"
 
-    def __init__(self, plan_dir: Path, manifest: dict, threads: int | None = None, vae_threads: int | None = None):
+    def __init__(self, plan_dir: Path, manifest: dict, threads: int | None = None, vae_threads: int | None = None,
+                 exact_qdq: bool = False):
         import onnxruntime as ort
 
         self.providers = ["CPUExecutionProvider"]
@@ -74,7 +77,7 @@ class OrtBackend:
         res = manifest["resolution"]
         self.cache_rows = res["cache_tokens"]
         self.text = _session(plan_dir / stages["text"]["graph"], self.threads, self.providers)
-        self.dit = _session(plan_dir / stages["dit"]["graph"], self.threads, self.providers)
+        self.dit = _session(plan_dir / stages["dit"]["graph"], self.threads, self.providers, exact_qdq)
         self.vae_first = _session(plan_dir / stages["vae"]["graphs"]["first"], self.vae_threads, self.providers)
         self.vae = _session(plan_dir / stages["vae"]["graphs"]["steady"], self.vae_threads, self.providers)
         te = stages.get("text_encoder")

@@ -120,7 +120,9 @@ _DONE = object()
 class PlanSession:
     """A loaded plan. ``stream`` generates a video; ``switch_prompt`` changes the prompt mid-stream."""
 
-    def __init__(self, plan_dir: str | Path, threads: int | None = None, verify: bool = True):
+    def __init__(self, plan_dir: str | Path, threads: int | None = None, verify: bool = True, exact_qdq: bool = False):
+        """exact_qdq: run activation Q/DQ as the ONNX ops define it instead of ORT's fused integer kernels
+        (fidelity checks; the default is what ORT runs fastest)."""
         self.plan_dir = Path(plan_dir)
         self.manifest = read_manifest(self.plan_dir, verify_files=verify)
         m = self.manifest
@@ -134,7 +136,7 @@ class PlanSession:
         te = m["model"].get("text_encoder")
         self.vocab = {w: i for i, w in enumerate(te["vocab"])} if te else None
         self.text_max_len = te["max_len"] if te else None
-        self.backend = OrtBackend(self.plan_dir, m, threads)
+        self.backend = OrtBackend(self.plan_dir, m, threads, exact_qdq=exact_qdq)
         self.stats = StreamStats()
         self._pending: list = []
         self._lock = threading.Lock()
@@ -301,6 +303,6 @@ def _to_uint8(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 2, 0))
 
 
-def load(plan_dir: str | Path, threads: int | None = None, verify: bool = True) -> PlanSession:
+def load(plan_dir: str | Path, threads: int | None = None, verify: bool = True, exact_qdq: bool = False) -> PlanSession:
     """Open a compiled plan for streaming (checks every file's SHA-256 unless verify=False)."""
-    return PlanSession(plan_dir, threads, verify)
+    return PlanSession(plan_dir, threads, verify, exact_qdq)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto
 
-import arvc
+from arvc.runtime.plan_session import PlanSession
 from arvc.compiler.calibrate import activation_layers, calibrate, calibration_prompts
 from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
 from arvc.compiler.lower_quant import quantize_activation
@@ -97,12 +97,14 @@ def test_plan_with_quantized_activations_equals_the_emulating_reference(small_ck
     recipe = Recipe.from_dict({k: rec[k] for k in Recipe.__dataclass_fields__})
     table = act_quant_table(recipe, cal, rec["quantized_activations"])
     ref = _reference(fmt, m)
-    session = arvc.load(tmp_path / "a.plan")
-    with emulated(ref, table, tuple(cal["timesteps"]) if cal else ()):
-        result = run_parity(session, ref, vae.eval(), blocks=4)
-    # same rounding decisions; only GEMM summation order differs (a rare flipped code stays tiny)
-    assert result["frame_psnr_db"] >= 60.0, result
-    assert result["max_abs_latent_error"] <= 1e-3
+    # ORT's fused integer Q/DQ kernels (the default) and the ops as ONNX defines them (exact_qdq)
+    for exact in (False, True):
+        session = PlanSession(tmp_path / "a.plan", exact_qdq=exact)
+        with emulated(ref, table, tuple(cal["timesteps"]) if cal else ()):
+            result = run_parity(session, ref, vae.eval(), blocks=4)
+        # same rounding decisions; only GEMM summation order differs (a rare flipped code stays tiny)
+        assert result["frame_psnr_db"] >= 60.0, (exact, result)
+        assert result["max_abs_latent_error"] <= 1e-3
     # and the quantization is really there: the fp32 reference differs measurably
     assert m["verification"]["frame_psnr_db"] < 100.0
 
