@@ -136,13 +136,16 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     latent_hw = (opts.height // s, opts.width // s)
     tpf = (latent_hw[0] // ph) * (latent_hw[1] // pw)
     t0 = step("load + validate", t0)
-    sensitivity = None
-    if opts.sensitivity:
-        recipe, sensitivity = _sensitivity(dit, vae, encoder, recipe, opts, latent_hw, log)
-        t0 = step("sensitivity sweep", t0)
+    # activations first: the sensitivity sweep measures layers with their inputs quantized too
     act = _activation_quant(dit, encoder, recipe, opts, latent_hw, log) if recipe.activations else None
     if act is not None:
         t0 = step("activation calibration" if recipe.activations == "static" else "activation layers", t0)
+    sensitivity = None
+    if opts.sensitivity:
+        recipe, sensitivity = _sensitivity(dit, vae, encoder, recipe, opts, latent_hw, log, act)
+        t0 = step("sensitivity sweep", t0)
+    if act is not None:  # layers the sweep kept at full precision keep full-precision inputs too
+        act["layers"] = {n: q for n, q in act["layers"].items() if not _is_kept(n, recipe.skip)}
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".compiling"))
@@ -288,7 +291,13 @@ def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent
             "calibration": calibration}
 
 
-def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log):
+def _is_kept(layer: str, skip: tuple[str, ...]) -> bool:
+    from arvc.quant.weights import is_skipped
+
+    return is_skipped(f"{layer}.weight", skip)
+
+
+def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log, act: dict | None):
     from dataclasses import replace
 
     from .sensitivity import sweep
@@ -298,7 +307,8 @@ def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent
                                                                                recipe.kv_sink)
     blocks = opts.verify_blocks or default_blocks(opts.geometry)
     result = sweep(dit, vae, encoder, recipe.weights, recipe.skip, opts.geometry, opts.schedule, latent_hw, blocks,
-                   target, opts.seed, log, (recipe.kv_cache, recipe.kv_sink))
+                   target, opts.seed, log, (recipe.kv_cache, recipe.kv_sink),
+                   (act["layers"], act["timesteps"]) if act else None)
     keep = recipe.keep + tuple(result["kept"].items())
     return replace(recipe, skip=recipe.skip + tuple(result["kept"]), keep=keep), result
 

@@ -10,6 +10,8 @@ the window twice, so every denoising step and the cache call are covered.
 2. End-to-end impact: the rollout with only that layer quantized vs the fp32 rollout (latent PSNR).
 3. Mixed recipe: layers ordered worst end-to-end impact first; the fewest of the worst kept at full
    precision such that the decoded frames' PSNR vs fp32 meets the target (bisection on that count).
+With ``--activations`` the swept layers quantize their inputs as the plan will (quant/activations.py
+emulation, calibrated scales), alone and in the mixed recipe; a kept layer keeps fp32 inputs too.
 The parity gate then checks the compiled plan as usual, so the recipe found is verified twice.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from arvc.quant.activations import emulated
 from arvc.quant.weights import QUANTIZABLE, dequantize_weight, is_skipped, quantize_weight
 from arvc.runtime.causal import CausalGenerator
 
@@ -101,11 +104,19 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
 
 def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, latent_hw, blocks: int,
           min_psnr: float, seed: int = 0, log: Callable[[str], None] = print,
-          kv: tuple[str, str | None] = ("fp32", None)) -> dict:
+          kv: tuple[str, str | None] = ("fp32", None), act: tuple[dict, tuple] | None = None) -> dict:
     """-> {"layers": [per-layer rows, worst first], "kept": {layer: why}, "frame_psnr_db": mixed recipe's}.
 
     Layers alone are measured with an fp32 cache (their own cost); the mixed recipe with the recipe's
-    KV-cache formats ``kv`` (what the plan will do)."""
+    KV-cache formats ``kv`` (what the plan will do). ``act`` (layer -> ActQuant, timesteps): quantized
+    layers also quantize their inputs, alone and in the mixed recipe; SQNR stays the weight's alone."""
+    act_table, act_steps = act or ({}, ())
+
+    @contextmanager
+    def quantized_layers(names: list[str]):
+        with quantized(dit, names, fmt), emulated(dit, {n: act_table[n] for n in names if n in act_table}, act_steps):
+            yield
+
     prompts = reference_prompts(dit.cfg, encoder)
     layers = quantizable_layers(dit, skip)
     if not layers:
@@ -119,7 +130,7 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
         lin = modules[name]
         torch.set_grad_enabled(False)  # the module's parameters require grad; nothing here trains
         y = torch.nn.functional.linear(inputs[name], lin.weight.float(), lin.bias.float())
-        with quantized(dit, [name], fmt):
+        with quantized_layers([name]):
             yq = torch.nn.functional.linear(inputs[name], lin.weight.float(), lin.bias.float())
             lat = rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed)
         rows.append({"layer": name, "sqnr_db": round(sqnr_db(y, yq), 2),
@@ -134,7 +145,7 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
 
     def frame_psnr_keeping(k: int) -> float:  # the k worst layers kept at full precision
         if k not in measured:
-            with quantized(dit, [r["layer"] for r in rows[k:]], fmt):
+            with quantized_layers([r["layer"] for r in rows[k:]]):
                 lat = rollout(dit, geom, schedule, latent_hw, prompts, blocks, seed, kv)
             measured[k] = psnr(ref_frames, decode_reference(vae, lat), 2.0)
             log(f"  mixed recipe: {len(rows) - k} quantized, {k} kept full precision: frame PSNR {measured[k]:.2f} dB "
