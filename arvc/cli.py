@@ -601,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shift", type=float, help="flow-matching shift of the schedule (default 5)")
     c.add_argument("--steps", type=int, help="denoising steps per block (default 4)")
     c.add_argument("--timesteps", help="explicit comma-separated t list, overrides --shift/--steps")
-    c.add_argument("--min-psnr", type=float, help="parity gate on decoded frames, dB (default: fp32 60, fp16 40, bf16 30)")
+    c.add_argument("--min-psnr", type=float,
+                   help="parity gate on decoded frames, dB (default: fp32 60, fp16 40, bf16 30, int8 35, fp8 32, "
+                        "nvfp4 25; KV cache int8/fp8 38, nvfp4 28: the lowest that applies)")
     c.add_argument("--verify-blocks", type=int, help="blocks rolled out by the parity gate (default: >= 8, past the window)")
     c.add_argument("--seed", type=int, default=0, help="noise seed of the parity rollout")
     c.add_argument("--force", action="store_true", help="replace an existing plan at --output (only once the new one passes)")
