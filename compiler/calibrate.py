@@ -147,12 +147,11 @@ def _rollouts(dit, prompts, geom, schedule, latent_hw, blocks, seed, log, where:
         log(f"  calibration rollout {i + 1}/{len(prompts)}: {blocks} blocks")
 
 
-def activation_layers(quantized_weights: list[str]) -> list[str]:
+def activation_layers(quantized_layers: list[str]) -> list[str]:
     """The GEMMs of the per-block dit call whose inputs a recipe quantizes (the text stage's stay fp32)."""
     from arvc.quant.activations import is_per_call
 
-    layers = [w.rsplit(".weight", 1)[0] for w in quantized_weights]
-    return [n for n in layers if is_per_call(n)]
+    return [n for n in quantized_layers if is_per_call(n)]
 
 
 def act_quant_table(recipe, calibration: dict | None, layers: list[str]) -> dict:

@@ -264,13 +264,11 @@ def _kept_layers(dit, recipe: Recipe) -> dict:
 
 def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log) -> dict:
     """-> {"layers": layer -> ActQuant, "timesteps": calibrated timesteps, "calibration": record or None}."""
-    from arvc.quant.weights import QUANTIZABLE, is_skipped
-
     from .calibrate import act_quant_table, activation_layers, calibrate, calibration_prompts
+    from .sensitivity import quantizable_layers
     from .verify import default_blocks
 
-    quantized = [n for n in dit.state_dict() if QUANTIZABLE.match(n) and not is_skipped(n, recipe.skip)]
-    layers = activation_layers(quantized)
+    layers = activation_layers(quantizable_layers(dit, recipe.skip))
     if not layers:
         raise CompileError("--activations: every quantizable GEMM is kept at full precision; nothing to quantize")
     calibration = None

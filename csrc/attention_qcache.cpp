@@ -58,7 +58,7 @@ extern "C" arvc_status arvc_attention_qcache_cpu(const void *q, int32_t dtype, i
         const void *q_row = q_bytes + i * q_row_stride * elem;
         for (int h = 0; h < heads; ++h) {
             const int64_t base = static_cast<int64_t>(h) * head_dim;
-            for (int d = 0; d < head_dim; ++d) qv[d] = arvc_load_act(q_row, dtype, base + d);
+            for (int d = 0; d < head_dim; ++d) qv[d] = arvc_load(q_row, dtype, base + d);
             OnlineSoftmax state(head_dim);
             for (int j = 0; j < rows; ++j) {
                 if (!key_valid[j]) continue;
@@ -72,10 +72,10 @@ extern "C" arvc_status arvc_attention_qcache_cpu(const void *q, int32_t dtype, i
                 const void *v_row = v_new_bytes + j * new_row_stride * elem;
                 float dot = 0.0f;
                 for (int d = 0; d < head_dim; ++d) {
-                    kv[d] = arvc_load_act(k_row, dtype, base + d);
+                    kv[d] = arvc_load(k_row, dtype, base + d);
                     dot += qv[d] * kv[d];
                 }
-                for (int d = 0; d < head_dim; ++d) vv[d] = arvc_load_act(v_row, dtype, base + d);
+                for (int d = 0; d < head_dim; ++d) vv[d] = arvc_load(v_row, dtype, base + d);
                 state.add(softmax_scale * dot, vv, head_dim);
             }
             void *out_row = out_bytes + i * out_row_stride * elem;

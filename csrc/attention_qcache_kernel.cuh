@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(THREADS) attention_qcache_kernel(AttentionArgs
 
     for (int e = tid; e < QUERY_TILE * D; e += THREADS) {
         const int64_t i = q0 + e / D;
-        qs[e] = i < a.n_q ? arvc_load_act(row_ptr(a.q, a.dtype, i, a.q_row_stride), a.dtype, head_base + e % D) : 0.0f;
+        qs[e] = i < a.n_q ? arvc_load(row_ptr(a.q, a.dtype, i, a.q_row_stride), a.dtype, head_base + e % D) : 0.0f;
     }
     if (tid < QUERY_TILE) {
         row_max[tid] = -INFINITY;
@@ -96,8 +96,8 @@ ARVC_UNROLL
                     vx = arvc_kv_decode(&a.v, j, h, d);
                 } else {
                     const int64_t f = j - a.k.rows;
-                    kx = arvc_load_act(row_ptr(a.k_new, a.dtype, f, a.new_row_stride), a.dtype, head_base + d);
-                    vx = arvc_load_act(row_ptr(a.v_new, a.dtype, f, a.new_row_stride), a.dtype, head_base + d);
+                    kx = arvc_load(row_ptr(a.k_new, a.dtype, f, a.new_row_stride), a.dtype, head_base + d);
+                    vx = arvc_load(row_ptr(a.v_new, a.dtype, f, a.new_row_stride), a.dtype, head_base + d);
                 }
             }
             ks[s * KD + d] = kx;

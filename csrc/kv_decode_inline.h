@@ -10,74 +10,18 @@
 #include <string.h>
 
 #include "arvc_kernels.h"
+#include "kv_quant_inline.h" /* bit casts, fp16/bf16 conversions, arvc_load */
 #include "quant_formats.h"
 
 /* Largest head_dim the attention kernels accept: their per-query accumulators live on the stack
  * (CPU) or in registers (CUDA), so the bound is fixed at compile time. Wan uses 128. */
 #define ARVC_ATTN_MAX_HEAD_DIM 256
 
-ARVC_HD float arvc_bits_to_float(uint32_t bits) {
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-ARVC_HD uint32_t arvc_float_to_bits(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    return bits;
-}
-
-/* IEEE binary16 bits -> fp32 (exact: every half is a float). */
-ARVC_HD float arvc_half_bits_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    const int exponent = (h >> 10) & 0x1F;
-    const uint32_t mantissa = h & 0x3FF;
-    if (exponent == 0x1F) return arvc_bits_to_float(sign | 0x7F800000u | (mantissa << 13));
-    if (exponent == 0) {
-        const float v = ldexpf((float)mantissa, -24); /* zero or subnormal: m * 2^-24 */
-        return (h & 0x8000) ? -v : v;
-    }
-    return arvc_bits_to_float(sign | ((uint32_t)(exponent - 15 + 127) << 23) | (mantissa << 13));
-}
-
-/* fp32 -> binary16 bits, round to nearest even, overflow to inf, NaN kept (quiet). */
-ARVC_HD uint16_t arvc_float_to_half_bits(float f) {
-    const uint32_t x = arvc_float_to_bits(f);
-    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    const uint32_t abs_bits = x & 0x7FFFFFFFu;
-    if (abs_bits >= 0x7F800000u) return (uint16_t)(sign | 0x7C00 | (abs_bits > 0x7F800000u ? 0x200 : 0));
-    if (abs_bits >= 0x477FF000u) return (uint16_t)(sign | 0x7C00); /* rounds past 65504 */
-    if (abs_bits < 0x38800000u) {
-        /* below the smallest normal half (2^-14): a multiple of 2^-24; rintf rounds half to even */
-        const float a = arvc_bits_to_float(abs_bits);
-        return (uint16_t)(sign | (uint16_t)rintf(ldexpf(a, 24)));
-    }
-    /* normal: drop 13 mantissa bits with round to nearest even; a carry into the exponent is right */
-    const uint32_t rounded = abs_bits + 0xFFFu + ((abs_bits >> 13) & 1u);
-    return (uint16_t)(sign | ((rounded - (112u << 23)) >> 13));
-}
-
-ARVC_HD float arvc_bf16_bits_to_float(uint16_t b) { return arvc_bits_to_float((uint32_t)b << 16); }
-
-ARVC_HD uint16_t arvc_float_to_bf16_bits(float f) {
-    const uint32_t x = arvc_float_to_bits(f);
-    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40); /* keep NaN a NaN */
-    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-}
-
-/* Element e of a row of activations in dtype (ARVC_F32 / ARVC_F16 / ARVC_BF16). */
-ARVC_HD float arvc_load_act(const void *row, int32_t dtype, int64_t e) {
-    if (dtype == ARVC_F32) return ((const float *)row)[e];
-    const uint16_t bits = ((const uint16_t *)row)[e];
-    return dtype == ARVC_F16 ? arvc_half_bits_to_float(bits) : arvc_bf16_bits_to_float(bits);
-}
-
 ARVC_HD void arvc_store_act(void *row, int32_t dtype, int64_t e, float v) {
     if (dtype == ARVC_F32)
         ((float *)row)[e] = v;
     else
-        ((uint16_t *)row)[e] = dtype == ARVC_F16 ? arvc_float_to_half_bits(v) : arvc_float_to_bf16_bits(v);
+        ((uint16_t *)row)[e] = dtype == ARVC_F16 ? arvc_float_to_f16(v) : arvc_float_to_bf16(v);
 }
 
 /* The cached value of (row, head, d), decoded from the cache's format: code * scale[row, head]
@@ -86,7 +30,7 @@ ARVC_HD float arvc_kv_decode(const arvc_kv_cache *c, int64_t row, int32_t head, 
     const int64_t dim = (int64_t)c->heads * c->head_dim;
     const int64_t e = (int64_t)head * c->head_dim + d; /* element within the row */
     switch (c->format) {
-        case ARVC_KV_FP16: return arvc_half_bits_to_float(((const uint16_t *)c->data)[row * dim + e]);
+        case ARVC_KV_FP16: return arvc_f16_to_float(((const uint16_t *)c->data)[row * dim + e]);
         case ARVC_KV_INT8:
             return (float)((const int8_t *)c->data)[row * dim + e] * c->scale[row * c->heads + head];
         case ARVC_KV_FP8:

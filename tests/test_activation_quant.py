@@ -117,7 +117,7 @@ def test_calibration_sees_every_step_and_the_cache_call_and_agrees_with_modelopt
 
     d, _ = small_ckpt
     dit = load_dit_module(d / "model.safetensors", "fp32")
-    layers = activation_layers([f"blocks.0.{n}.weight" for n in ("self_attn.q", "ffn.2", "cross_attn.k")])
+    layers = activation_layers([f"blocks.0.{n}" for n in ("self_attn.q", "ffn.2", "cross_attn.k")])
     assert layers == ["blocks.0.self_attn.q", "blocks.0.ffn.2"]
     prompts = calibration_prompts(CFG, None, None, n=2)
     cal = calibrate(dit, layers, prompts, GEOM, SCHED, (4, 4), blocks=3, log=lambda _m: None)

@@ -38,7 +38,7 @@ struct Cache {
              format == ARVC_KV_FP16 ? nullptr : scale.data()};
     }
     void set_fp16(int row, int e, float v) {
-        const uint16_t h = arvc_float_to_half_bits(v);
+        const uint16_t h = arvc_float_to_f16(v);
         std::memcpy(&data[(static_cast<size_t>(row) * c.heads * c.head_dim + e) * 2], &h, 2);
     }
 };
@@ -66,15 +66,15 @@ void test_decode_helpers() {
     // every non-NaN half survives half -> float -> half; ties round to even
     for (uint32_t h = 0; h < 0x10000; ++h) {
         if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF)) continue;
-        if (arvc_float_to_half_bits(arvc_half_bits_to_float(static_cast<uint16_t>(h))) != h) {
+        if (arvc_float_to_f16(arvc_f16_to_float(static_cast<uint16_t>(h))) != h) {
             expect(false, "half round trip");
             break;
         }
     }
-    expect(arvc_float_to_half_bits(1.0f + std::ldexp(1.0f, -11)) == 0x3C00, "half tie to even (down)");
-    expect(arvc_float_to_half_bits(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3C02, "half tie to even (up)");
-    expect(arvc_float_to_half_bits(70000.0f) == 0x7C00, "half overflow is inf");
-    expect(arvc_float_to_bf16_bits(1.0f) == 0x3F80, "bf16 of 1");
+    expect(arvc_float_to_f16(1.0f + std::ldexp(1.0f, -11)) == 0x3C00, "half tie to even (down)");
+    expect(arvc_float_to_f16(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3C02, "half tie to even (up)");
+    expect(arvc_float_to_f16(70000.0f) == 0x7C00, "half overflow is inf");
+    expect(arvc_float_to_bf16(1.0f) == 0x3F80, "bf16 of 1");
 }
 
 void test_one_valid_key() {
@@ -158,11 +158,11 @@ void test_fp16_io() {
     for (int d = 0; d < hd; ++d) v.data[d] = static_cast<uint8_t>(int8_t(d));
     v.scale[0] = 0.125f;
     const uint8_t valid[1] = {1};
-    std::vector<uint16_t> q(hd, arvc_float_to_half_bits(1.0f)), out(hd, 0);
+    std::vector<uint16_t> q(hd, arvc_float_to_f16(1.0f)), out(hd, 0);
     expect(arvc_attention_qcache_cpu(q.data(), ARVC_F16, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, 0, 0, 1.0f,
                                      out.data(), hd) == ARVC_OK,
            "fp16 q: status");
-    for (int d = 0; d < hd; ++d) expect(arvc_half_bits_to_float(out[d]) == 0.125f * d, "fp16 out: the value");
+    for (int d = 0; d < hd; ++d) expect(arvc_f16_to_float(out[d]) == 0.125f * d, "fp16 out: the value");
 }
 
 void test_errors() {

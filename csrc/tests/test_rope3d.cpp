@@ -4,15 +4,7 @@
 #include <vector>
 
 #include "arvc_kernels.h"
-
-static int failures = 0;
-#define EXPECT(cond)                                                       \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: FAILED %s\n", __FILE__, __LINE__, #cond); \
-            ++failures;                                                    \
-        }                                                                  \
-    } while (0)
+#include "expect.h"
 
 namespace {
 
