@@ -57,6 +57,10 @@ class CompileOptions:
     force: bool = False
 
 
+# --target -> the backend `arvc run` uses for the plan by default (runtime/backends.py)
+TARGET_BACKENDS = {"cpu": "ort", "cuda": "torch", "tensorrt": "tensorrt"}
+
+
 def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int, recipe: Recipe) -> dict:
     from arvc.quant.kv import kv_row_bytes
 
@@ -108,8 +112,8 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     if recipe.kv_sink and not opts.geometry.sink:
         raise CompileError(f"--kv-sink-precision {recipe.kv_sink} needs sink frames; this geometry has none "
                            "(pass --window and --sink, or drop --kv-sink-precision)")
-    if opts.target != "cpu":
-        raise CompileError(f"--target {opts.target}: only 'cpu' (ONNX Runtime) is built by this arvc")
+    if opts.target not in TARGET_BACKENDS:
+        raise CompileError(f"--target {opts.target}: unknown; choose one of {', '.join(TARGET_BACKENDS)}")
     t_all = time.perf_counter()
 
     def step(name: str, t0: float) -> float:
@@ -236,7 +240,9 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
                                              "quantized_activations": sorted(act_table),
                                              "calibration": act["calibration"] if act else None},
         "stages": stages, "memory": memory,
-        "target": {"name": opts.target, "backend": "ort", "providers": ["CPUExecutionProvider"], "opset": OPSET},
+        # every plan keeps its ONNX graphs, so any backend can run it; the target names the default one
+        "target": {"name": opts.target, "backend": TARGET_BACKENDS[opts.target], "providers": ["CPUExecutionProvider"],
+                   "opset": OPSET},
         "versions": {"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "torch": torch.__version__, "python": platform.python_version()},
         "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size}
