@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
         raise SystemExit(f"arvc: backend {args.backend!r} needs a compiled plan (arvc compile); use --backend torch")
     if args.seconds <= 0:
         raise SystemExit("arvc: --seconds must be > 0")
+    args.device, args.dtype = args.device or "cpu", args.dtype or "fp32"
     files = resolve_checkpoint(args.checkpoint, args.vae)
     _fill_defaults(args, files.defaults)
     if files.vae is None:
@@ -144,6 +145,12 @@ _COMPILED_FLAGS = ("frames_per_block", "window", "sink", "max_frames", "rope", "
                    "height", "width", "modulation_bf16", "vae")
 
 
+def _plan_backend(plan) -> str:
+    from arvc.runtime.plan import read_manifest
+
+    return read_manifest(plan, verify_files=False).get("target", {}).get("backend", "ort")
+
+
 def cmd_run_plan(args) -> int:
     import time
 
@@ -157,11 +164,19 @@ def cmd_run_plan(args) -> int:
     if given:
         raise SystemExit(f"arvc: {', '.join(given)} are fixed when a plan is compiled; recompile with "
                          f"`arvc compile ... {' '.join(given)}` to change them")
-    if args.backend not in (None, "ort"):
-        raise SystemExit(f"arvc: this plan targets the ort backend; --backend {args.backend} is not built for it")
+    options = {}
+    if args.backend == "torch" or (args.backend is None and _plan_backend(args.checkpoint) == "torch"):
+        options = {"device": args.device, "dtype": args.dtype, "cache_ops": args.cache_ops,
+                   "cuda_graph": False if args.no_cuda_graph else None}
+    elif args.device or args.dtype or args.no_cuda_graph or args.cache_ops != "auto":
+        raise SystemExit("arvc: --device, --dtype, --cache-ops and --no-cuda-graph apply to the torch backend "
+                         "(--backend torch)")
     if args.seconds <= 0:
         raise SystemExit("arvc: --seconds must be > 0")
-    session = load(args.checkpoint, threads=args.threads)
+    try:
+        session = load(args.checkpoint, threads=args.threads, backend=args.backend, **options)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"arvc: {e}") from None
     if bool(args.prompt) == bool(args.prompt_embeds):
         raise SystemExit("arvc: give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
     if args.prompt_embeds:
@@ -194,7 +209,7 @@ def cmd_run_plan(args) -> int:
             done = writer.frames_written
             bar.update(task, completed=done, fps=done / (time.perf_counter() - t0))
     st = session.stats
-    summary = {"output": str(args.output), "plan": str(args.checkpoint), "backend": "ort", "frames": writer.frames_written,
+    summary = {"output": str(args.output), "plan": str(args.checkpoint), "backend": session.backend.name, "frames": writer.frames_written,
                "fps_video": fps, "seconds_wall": round(st.wall_s, 3),
                "frames_per_second": round(writer.frames_written / st.wall_s, 3),
                "time_to_first_frame_s": round(st.first_frame_s or 0.0, 3), "blocks": st.blocks,
@@ -442,7 +457,7 @@ def cmd_selftest(args) -> int:
     if unknown:
         raise SystemExit(f"arvc selftest: unknown precision(s) {unknown}; choose from fp32,fp16,bf16,int8,fp8,nvfp4")
     log = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr))
-    rows = run_selftest(args.target, precisions, log)
+    rows = run_selftest(args.target, precisions, log, device=args.device)
     passed = all(r["passed"] for r in rows)
     if args.json:
         print(json.dumps({"target": args.target, "passed": passed, "checks": rows}, indent=2))
@@ -543,8 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="stream a video from a compiled plan (or a checkpoint, on the PyTorch reference)")
     r.add_argument("checkpoint", metavar="PLAN_OR_CHECKPOINT",
                    help="a plan directory (arvc compile), or a DiT .safetensors / model directory for the reference")
-    r.add_argument("--backend", choices=["torch", "ort"],
-                   help="ort for plans (ONNX Runtime), torch for checkpoints (the PyTorch reference)")
+    r.add_argument("--backend", choices=["torch", "ort", "tensorrt"],
+                   help="plans: ort (ONNX Runtime, CPU), torch (PyTorch + csrc kernels + CUDA graphs), tensorrt; "
+                        "default: the plan's compile target. Checkpoints run on the PyTorch reference (torch)")
+    r.add_argument("--cache-ops", choices=["auto", "csrc", "torch"], default="auto",
+                   help="torch backend: self-attention cache ops (csrc kernels on the quantized cache, or torch ops)")
+    r.add_argument("--no-cuda-graph", action="store_true", help="torch backend: run the DiT eagerly")
     r.add_argument("--threads", type=int, help="ONNX Runtime threads per stage (default: physical cores)")
     r.add_argument("--vae", help="Wan VAE .safetensors (original or diffusers names)")
     r.add_argument("--prompt", action="append", metavar="TEXT[@SECONDS]",
@@ -559,10 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shift", type=float, help="flow-matching shift of the schedule (default 5)")
     r.add_argument("--steps", type=int, help="denoising steps per block (default 4)")
     r.add_argument("--timesteps", help="explicit comma-separated t list, overrides --shift/--steps")
-    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="reference only")
+    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                   help="compute dtype: the reference (default fp32) or the torch backend (default bf16 on CUDA)")
     r.add_argument("--modulation-bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 residual/modulation numerics of the causal checkpoints (default: checkpoint metadata, else off)")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", help="cpu | cuda[:N]: the reference (default cpu) or the torch backend (default cuda)")
     r.add_argument("-o", "--output", required=True, help="output .mp4")
     r.add_argument("--json", action="store_true", help="print a JSON summary")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -594,7 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration prompts, one per line (text, or a prompt-embeddings .safetensors path); "
                         "default: 4 prompts of the tiny model's world, else seeded embeddings")
     c.add_argument("--calib-blocks", type=int, help="blocks per calibration rollout (default: the parity gate's)")
-    c.add_argument("--target", default="cpu", help="cpu: ONNX Runtime CPU")
+    c.add_argument("--target", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                   help="the plan's default backend: cpu = ONNX Runtime, cuda = PyTorch + csrc kernels + CUDA "
+                        "graphs, tensorrt = TensorRT engines (every plan keeps its ONNX graphs; arvc run --backend "
+                        "picks another)")
     c.add_argument("--height", type=int, help="pixels (default: model.json, else 480)")
     c.add_argument("--width", type=int, help="pixels (default: model.json, else 832)")
     c.add_argument("--fps", type=int, help="video frame rate (default: model.json, else 16)")
@@ -641,7 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     st = sub.add_parser("selftest", help="build a small plan here, run it, and check every stage against the reference")
-    st.add_argument("--target", default="cpu", help="cpu (ONNX Runtime) | cuda | tensorrt")
+    st.add_argument("--target", default="cpu", help="cpu (ONNX Runtime) | cuda (torch backend) | tensorrt")
+    st.add_argument("--device", help="--target cuda: the torch device (default cuda; cpu checks the same code "
+                                     "path without a GPU)")
     st.add_argument("--precisions", help="comma-separated (default fp32,fp16,int8,fp8,nvfp4)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_selftest)

@@ -325,7 +325,7 @@ def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, 
     min_psnr = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(
         opts.precision, manifest["recipe"]["kv_cache"], manifest["recipe"]["kv_sink"])
     blocks = opts.verify_blocks or default_blocks(opts.geometry)
-    session = PlanSession(tmp, verify=False)
+    session = PlanSession(tmp, verify=False, backend="ort")  # the gate runs where compile runs: the CPU
     result = run_parity(session, dit, vae, blocks, opts.seed, encoder)
     bad = diverged_stage(result, min_psnr)
     result.update({"min_psnr_db": min_psnr, "passed": bad is None,

@@ -5,9 +5,11 @@ compiles it for the target with each requested precision, and checks every stage
 the PyTorch reference (the compiler's parity gate, stage by stage). On a user's GPU box this is what
 shows the GPU backends agree with the reference; here it proves the CPU path end to end.
 
-Only the `cpu` target (ONNX Runtime) is built by this arvc; `cuda` and `tensorrt` report what is
-missing (no CUDA device, TensorRT not importable, or the backend not built yet) as a failed row
-rather than pretending.
+Targets: `cpu` runs the plans on ONNX Runtime; `cuda` on the torch backend (PyTorch on the GPU, fp32
+compute so the threshold is the CPU's, the csrc kernels reading the quantized KV cache, CUDA graphs);
+`tensorrt` on TensorRT engines. Each plan quantizes its KV cache like its weights (fp16 weights -> fp16
+cache), so the cache kernels are part of what is checked. A target this machine cannot run (no CUDA
+device, TensorRT not importable) is reported as a failed row, never skipped silently.
 """
 from __future__ import annotations
 
@@ -41,38 +43,47 @@ def write_random_checkpoint(directory: Path, seed: int = 2):
     return directory, vae
 
 
-def target_problem(target: str) -> str | None:
+# the KV-cache format each selftest plan uses, by weight precision
+SELFTEST_KV = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp16", "int8": "int8", "fp8": "fp8", "nvfp4": "nvfp4"}
+
+
+def target_problem(target: str, device: str | None = None) -> str | None:
     """Why this machine or this build cannot run ``target`` (None: it can)."""
     if target == "cpu":
         return None
     if target == "cuda":
         import torch
 
-        if not torch.cuda.is_available():
+        if (device or "cuda").startswith("cuda") and not torch.cuda.is_available():
             return "no CUDA device visible to PyTorch (torch.cuda.is_available() is False)"
-        return "the torch-CUDA backend is not built in this arvc version yet (the cache-op kernels are in csrc/)"
+        return None
     if target == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "TensorRT is not importable here (pip install tensorrt on a machine with an NVIDIA GPU)"
-        return "the TensorRT backend is not built in this arvc version yet"
+        from arvc.runtime.trt_backend import tensorrt_problem
+
+        return tensorrt_problem()
     return f"unknown target {target!r}; choose cpu, cuda or tensorrt"
 
 
+def _session(target: str, plan: Path, device: str | None):
+    from arvc.runtime.plan_session import PlanSession
+
+    if target == "cuda":  # fp32 compute: the same threshold as the CPU; bf16 speed is bench/gpu_bench.py's
+        return PlanSession(plan, backend="torch", device=device or "cuda", dtype="fp32")
+    return PlanSession(plan, backend={"cpu": "ort", "tensorrt": "tensorrt"}[target])
+
+
 def run_selftest(target: str, precisions: tuple[str, ...] = SELFTEST_PRECISIONS,
-                 log: Callable[[str], None] = print) -> list[dict]:
+                 log: Callable[[str], None] = print, device: str | None = None) -> list[dict]:
     """-> one row per (precision, stage): measured PSNR, threshold, passed. Never raises for a failing
-    check: a failure is a row (the caller prints the table and sets the exit code)."""
+    check: a failure is a row (the caller prints the table and sets the exit code). device: the torch
+    backend's device for target cuda (tests run that path on the CPU with device="cpu")."""
     from arvc.runtime.kv_cache import CacheGeometry
     from arvc.runtime.schedule import Schedule
-
-    from arvc.runtime.plan_session import PlanSession
 
     from .compile import CompileError, CompileOptions, compile_plan
     from .verify import run_parity
 
-    problem = target_problem(target)
+    problem = target_problem(target, device)
     if problem:
         return [{"precision": "-", "stage": "backend", "psnr_db": None, "min_psnr_db": None, "passed": False,
                  "detail": problem}]
@@ -83,8 +94,9 @@ def run_selftest(target: str, precisions: tuple[str, ...] = SELFTEST_PRECISIONS,
         # window 6 of 3-frame blocks with a 3-frame sink: the rollout evicts and wraps the ring
         geometry, schedule = CacheGeometry(3, 6, 3), Schedule((1000.0, 500.0))
         for precision in precisions:
-            opts = CompileOptions(geometry, schedule, 32, 32, precision=precision, target=target, min_psnr=0.0,
-                                  verify_blocks=4)
+            kv = SELFTEST_KV[precision]
+            opts = CompileOptions(geometry, schedule, 32, 32, precision=precision, kv_cache=kv, target=target,
+                                  min_psnr=0.0, verify_blocks=4)
             log(f"selftest: compiling a {precision} plan for {target} and checking it against the reference")
             plan = Path(tmp) / f"{precision}.plan"
             try:
@@ -94,10 +106,19 @@ def run_selftest(target: str, precisions: tuple[str, ...] = SELFTEST_PRECISIONS,
                              "passed": False, "detail": str(e)})
                 continue
             reference = _reference_with_stored_weights(ckpt, precision, tuple(m["recipe"]["skip"]))
-            v = run_parity(PlanSession(plan), reference, vae, blocks=4)
+            try:
+                session = _session(target, plan, device)
+            except (RuntimeError, ValueError, OSError) as e:
+                rows.append({"precision": precision, "stage": "load", "psnr_db": None, "min_psnr_db": MIN_PSNR_DB,
+                             "passed": False, "detail": str(e)})
+                continue
+            backend = session.backend.name + (f" ({session.backend.cache_ops} cache ops)"
+                                              if hasattr(session.backend, "cache_ops") else "")
+            v = run_parity(session, reference, vae, blocks=4, reference_kv=kv)
             for stage, r in v["stages"].items():
                 rows.append({"precision": precision, "stage": stage, "psnr_db": r["psnr_db"],
-                             "min_psnr_db": MIN_PSNR_DB, "passed": r["psnr_db"] >= MIN_PSNR_DB, "detail": ""})
+                             "min_psnr_db": MIN_PSNR_DB, "passed": r["psnr_db"] >= MIN_PSNR_DB,
+                             "detail": f"{backend}, KV cache {kv}" if stage == "dit" else ""})
             rows.append({"precision": precision, "stage": "frames (end to end)", "psnr_db": v["frame_psnr_db"],
                          "min_psnr_db": MIN_PSNR_DB, "passed": v["frame_psnr_db"] >= MIN_PSNR_DB,
                          "detail": f"latent max abs error {v['max_abs_latent_error']:.2e}"})

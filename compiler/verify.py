@@ -60,7 +60,7 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
     ref_cross = dit.cross_kv(torch.from_numpy(ctx_a))
     plan_cross = session.backend.cross_kv(ctx_a)
     text_ref = np.concatenate([t.reshape(-1).numpy() for kv in ref_cross for t in kv])
-    text_plan = np.concatenate([v.numpy().reshape(-1) for _, v in plan_cross])
+    text_plan = np.concatenate([_host(v).reshape(-1) for _, v in plan_cross])
     text_psnr = psnr(text_ref, text_plan, float(np.abs(text_ref).max()))
 
     # dit over the rollout, same seed, same switch
@@ -95,6 +95,13 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
                    "dit": {"psnr_db": round(latent_psnr, 3), "max_abs_error": latent_err},
                    "vae": {"psnr_db": round(vae_psnr, 3)}},
     }
+
+
+def _host(value) -> np.ndarray:
+    """A backend's tensor as numpy: an ORT OrtValue, or a torch tensor on any device."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return value.numpy()
 
 
 def diverged_stage(result: dict, min_psnr: float) -> str | None:

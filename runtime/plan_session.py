@@ -26,7 +26,7 @@ from arvc.model.rope import rope_angles
 
 from .causal import CausalLoop
 from .kv_cache import CacheGeometry, SlotMap
-from .ort_backend import OrtBackend
+from .backends import open_backend
 from .plan import read_manifest
 from .schedule import Schedule
 from .torch_stream import latent_frames_for
@@ -37,7 +37,7 @@ _ROPE_CACHE = 16  # position lists whose cos/sin tables are kept (absolute posit
 class PlanGenerator(CausalLoop):
     """CausalLoop hooks on the dit and text graphs of a plan."""
 
-    def __init__(self, backend: OrtBackend, cfg: WanConfig, geom: CacheGeometry, schedule: Schedule,
+    def __init__(self, backend, cfg: WanConfig, geom: CacheGeometry, schedule: Schedule,
                  latent_hw: tuple[int, int], seed: int = 0):
         super().__init__(geom, schedule, (1, cfg.in_channels, geom.frames_per_block, *latent_hw), seed)
         self.backend, self.cfg = backend, cfg
@@ -120,9 +120,12 @@ _DONE = object()
 class PlanSession:
     """A loaded plan. ``stream`` generates a video; ``switch_prompt`` changes the prompt mid-stream."""
 
-    def __init__(self, plan_dir: str | Path, threads: int | None = None, verify: bool = True, exact_qdq: bool = False):
+    def __init__(self, plan_dir: str | Path, threads: int | None = None, verify: bool = True, exact_qdq: bool = False,
+                 backend: str | None = None, **backend_options):
         """exact_qdq: run activation Q/DQ as the ONNX ops define it instead of ORT's fused integer kernels
-        (fidelity checks; the default is what ORT runs fastest)."""
+        (fidelity checks; the default is what ORT runs fastest). backend: ort | torch | tensorrt (default:
+        the plan's compile target); backend_options: runtime/backends.open_backend's (device, dtype,
+        cache_ops, cuda_graph)."""
         self.plan_dir = Path(plan_dir)
         self.manifest = read_manifest(self.plan_dir, verify_files=verify)
         m = self.manifest
@@ -136,7 +139,7 @@ class PlanSession:
         te = m["model"].get("text_encoder")
         self.vocab = {w: i for i, w in enumerate(te["vocab"])} if te else None
         self.text_max_len = te["max_len"] if te else None
-        self.backend = OrtBackend(self.plan_dir, m, threads, exact_qdq=exact_qdq)
+        self.backend = open_backend(backend, self.plan_dir, m, threads=threads, exact_qdq=exact_qdq, **backend_options)
         self.stats = StreamStats()
         self._pending: list = []
         self._lock = threading.Lock()
@@ -303,6 +306,8 @@ def _to_uint8(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 2, 0))
 
 
-def load(plan_dir: str | Path, threads: int | None = None, verify: bool = True, exact_qdq: bool = False) -> PlanSession:
-    """Open a compiled plan for streaming (checks every file's SHA-256 unless verify=False)."""
-    return PlanSession(plan_dir, threads, verify, exact_qdq)
+def load(plan_dir: str | Path, threads: int | None = None, verify: bool = True, exact_qdq: bool = False,
+         backend: str | None = None, **backend_options) -> PlanSession:
+    """Open a compiled plan for streaming (checks every file's SHA-256 unless verify=False). backend: ort |
+    torch | tensorrt (default: the plan's target); e.g. ``load(plan, backend="torch", device="cuda")``."""
+    return PlanSession(plan_dir, threads, verify, exact_qdq, backend, **backend_options)
