@@ -188,6 +188,12 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     from .onnx_graph import OPSET, ExternalWeights, save_checked
 
     cfg, geom = dit.cfg, opts.geometry
+    if opts.target == "tensorrt":  # the TensorRT dit graph reads the cache through the arvc kernels
+        from .lower_plugin import plugin_problem
+
+        problem = plugin_problem(recipe.kv_cache, recipe.kv_sink)
+        if problem:
+            raise CompileError(problem)
     if recipe.weights in TORCH_DTYPES:
         dtype = TORCH_DTYPES[recipe.weights]
         stored, quantized = {k: v.to(dtype) for k, v in dit.state_dict().items()}, []
@@ -207,6 +213,10 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
     act_table, act_timesteps = (act["layers"], act["timesteps"]) if act else ({}, ())
     save_checked(build_dit_graph(cfg, shapes, dit_w, act_table, act_timesteps), tmp / "dit.onnx")
+    if opts.target == "tensorrt":  # dit.onnx with the cache ops as arvc plugin nodes (compiler/lower_plugin.py)
+        from .lower_plugin import build_dit_plugin_graph, plugin_stage
+
+        save_checked(build_dit_plugin_graph(cfg, shapes, dit_w, act_table, act_timesteps), tmp / "dit_trt.onnx")
     t0 = step("lower text + dit graphs", t0)
     for name, model in build_vae_graphs(vae, latent_hw, ExternalWeights(tmp / "vae.safetensors")).items():
         save_checked(model, tmp / f"{name}.onnx")
@@ -216,6 +226,9 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
         "vae": {"graphs": {"first": "vae_first.onnx", "steady": "vae.onnx"}, "weights": "vae.safetensors",
                 "weights_dtype": "fp32", "compute": "fp32"},
     }
+    if opts.target == "tensorrt":
+        stages["dit_trt"] = {"graph": "dit_trt.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights,
+                             "compute": recipe.compute, "plugins": plugin_stage()}
     model = {"dit": cfg.to_dict(), "vae": vae.config.to_dict(), "text_encoder": None}
     if encoder is not None:
         save_checked(build_text_encoder_graph(encoder, ExternalWeights(tmp / "text_encoder.safetensors")),

@@ -17,6 +17,7 @@ dit graph, per call (F frames of T tokens, N = F*T; cache of Nk = capacity_frame
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from onnx import TensorProto
@@ -93,9 +94,59 @@ def _rotate(g: GraphBuilder, x3: str, cos: str, sin: str, heads: int) -> str:
     return g.op("RotaryEmbedding", [x3, cos, sin], interleaved=1, num_heads=heads)
 
 
+@dataclass(frozen=True)
+class CacheContext:
+    """What a self-attention cache emitter needs: the graph, its sizes and the cache's graph inputs."""
+    g: GraphBuilder
+    cfg: WanConfig
+    shapes: DitShapes
+    N: int  # tokens of the block
+    Nk: int  # rows of the (combined) cache
+    sink_rows: int  # rows of the sink's own buffers (0: one set of buffers)
+    regions: list  # [(region prefix, format, rows)] per set of buffers
+    caches: list  # per layer: {"k"|"v": [per region: {part: input name}]}
+    write_index: str  # [N, 1] i64
+    key_valid: str  # [Nk] bool
+    rope_k: tuple | None  # (rope_k_cos, rope_k_sin) [1, Nk, Dh/2] in relative mode
+
+
+# An emitter factory: called once (after the shared inputs exist) -> attend(layer, q [1,N,dim] rotated,
+# k [N,dim] (rotated in absolute mode), v [N,dim]) -> attention output [1,N,dim], the block's K/V written
+# into layer's cache in place. compiler/lower_plugin.py swaps in TensorRT plugin nodes.
+CacheAttention = Callable[[CacheContext], Callable[[int, str, str, str], str]]
+
+
+def standard_cache_attention(ctx: CacheContext) -> Callable[[int, str, str, str], str]:
+    """ScatterND writes (quantized with standard ops), the whole cache decoded to fp32, opset-23 Attention."""
+    g, N, Nk, sink_rows, regions = ctx.g, ctx.N, ctx.Nk, ctx.sink_rows, ctx.regions
+    d, H = ctx.cfg.dim, ctx.cfg.num_heads
+    mask = g.op("Expand", [g.op("Reshape", [ctx.key_valid, g.const([1, 1, 1, Nk], np.int64)]),
+                           g.const([1, 1, N, Nk], np.int64)])
+    k_rows3 = g.const([1, Nk, d], np.int64)
+    region_rows = [ctx.write_index] if not sink_rows else list(lower_kv.split_rows(g, ctx.write_index, sink_rows, Nk))
+
+    def cache_write(buffers: list, x2: str) -> str:  # -> every cached row, fp32 [Nk, dim]
+        reads = [lower_kv.write_and_read(g, fmt, b, idx, x2, H, rows, d)
+                 for b, idx, (_, fmt, rows) in zip(buffers, region_rows, regions)]
+        if not sink_rows:
+            return reads[0]
+        return g.op("Concat", [lower_kv.first_rows(g, reads[0], sink_rows),
+                               lower_kv.first_rows(g, reads[1], Nk - sink_rows)], axis=0)
+
+    def attend(i: int, q: str, k: str, v: str) -> str:
+        k_all, v_all = cache_write(ctx.caches[i]["k"], k), cache_write(ctx.caches[i]["v"], v)
+        keys = g.op("Reshape", [k_all, k_rows3])
+        if ctx.rope_k is not None:  # K cached un-rotated; window-relative positions applied here
+            keys = _rotate(g, keys, *ctx.rope_k, H)
+        return g.op("Attention", [q, keys, g.op("Reshape", [v_all, k_rows3]), mask], q_num_heads=H, kv_num_heads=H)
+
+    return attend
+
+
 def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights, act_quant: dict | None = None,
-                    act_timesteps: tuple[float, ...] = ()):
-    """act_quant: layer -> quant/activations.ActQuant, the GEMM inputs quantized (Q/DQ) in this graph."""
+                    act_timesteps: tuple[float, ...] = (), cache_attention: CacheAttention | None = None):
+    """act_quant: layer -> quant/activations.ActQuant, the GEMM inputs quantized (Q/DQ) in this graph.
+    cache_attention: the self-attention cache emitter (default: standard ONNX ops, see CacheContext)."""
     g = GraphBuilder("arvc_dit", weights)
     d, H, L = cfg.dim, cfg.num_heads, cfg.text_len
     C, F, hl, wl = cfg.in_channels, shapes.frames, shapes.latent_h, shapes.latent_w
@@ -117,6 +168,7 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
     write_index = g.input("write_index", I64, [N, 1])
     key_valid = g.input("key_valid", BOOL, [Nk])
     q_cos, q_sin = g.input("rope_q_cos", F32, [1, N, half_head]), g.input("rope_q_sin", F32, [1, N, half_head])
+    k_cos = k_sin = None
     if shapes.rope == "relative":
         k_cos, k_sin = g.input("rope_k_cos", F32, [1, Nk, half_head]), g.input("rope_k_sin", F32, [1, Nk, half_head])
 
@@ -128,18 +180,9 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
 
     to3 = g.const([1, N, d], np.int64)
     to2 = g.const([N, d], np.int64)
-    mask = g.op("Expand", [g.op("Reshape", [key_valid, g.const([1, 1, 1, Nk], np.int64)]),
-                           g.const([1, 1, N, Nk], np.int64)])
-    k_rows3 = g.const([1, Nk, d], np.int64)
-    region_rows = [write_index] if not sink_rows else list(lower_kv.split_rows(g, write_index, sink_rows, Nk))
-
-    def cache_write(buffers: list, x2: str) -> str:  # -> every cached row, fp32 [Nk, dim]
-        reads = [lower_kv.write_and_read(g, fmt, b, idx, x2, H, rows, d)
-                 for b, idx, (_, fmt, rows) in zip(buffers, region_rows, regions)]
-        if not sink_rows:
-            return reads[0]
-        return g.op("Concat", [lower_kv.first_rows(g, reads[0], sink_rows),
-                               lower_kv.first_rows(g, reads[1], Nk - sink_rows)], axis=0)
+    attend = (cache_attention or standard_cache_attention)(CacheContext(
+        g, cfg, shapes, N, Nk, sink_rows, regions, caches, write_index, key_valid,
+        (k_cos, k_sin) if shapes.rope == "relative" else None))
 
     for i in range(cfg.num_layers):
         p = f"blocks.{i}"
@@ -155,11 +198,7 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
         if shapes.rope == "absolute":  # K is cached after RoPE, at absolute positions
             k = g.op("Reshape", [_rotate(g, g.op("Reshape", [k, to3]), q_cos, q_sin, H), to2])
         v = g.linear(h, f"{sa}.v")
-        k_all, v_all = cache_write(caches[i]["k"], k), cache_write(caches[i]["v"], v)
-        keys = g.op("Reshape", [k_all, k_rows3])
-        if shapes.rope == "relative":  # K cached un-rotated; window-relative positions applied here
-            keys = _rotate(g, keys, k_cos, k_sin, H)
-        attn = g.op("Attention", [q, keys, g.op("Reshape", [v_all, k_rows3]), mask], q_num_heads=H, kv_num_heads=H)
+        attn = attend(i, q, k, v)
         y = g.linear(g.op("Reshape", [attn, to2]), f"{sa}.o")
         x = g.op("Add", [x, g.op("Mul", [y, gate1])])
 

@@ -1,0 +1,95 @@
+"""runtime/trt_backend.py without TensorRT: why a machine cannot run a plan, the engine-cache key, the atomic
+engine write, and a constructor that refuses with that reason. (Engines, plugins and execution need TensorRT
+and a GPU: `arvc selftest --target tensorrt` on such a machine.)"""
+import types
+
+import pytest
+
+from arvc.runtime import trt_backend as tb
+
+
+def _manifest(kv="int8", weights="fp32", stages=("dit_trt",), activations=None):
+    return {"precision": f"{weights}+kv-{kv}", "recipe": {"kv_cache": kv, "kv_sink": None, "weights": weights,
+                                                           "activations": activations, "layer_formats": []},
+            "stages": {s: {} for s in stages}}
+
+
+@pytest.fixture
+def gpu(monkeypatch, tmp_path):
+    """TensorRT 'importable', a GPU of a chosen capability, a plugin library present."""
+    lib = tmp_path / tb.PLUGIN_LIBRARY
+    lib.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(tb, "_import_tensorrt", lambda: types.SimpleNamespace(__version__="10.99"))
+    monkeypatch.setenv("ARVC_TRT_PLUGINS", str(lib))
+
+    def set_device(name="NVIDIA H100", cap=(9, 0)):
+        monkeypatch.setattr(tb, "_cuda_device", lambda: (name, cap) if name else None)
+
+    set_device()
+    return set_device
+
+
+def test_without_tensorrt_the_problem_says_so_and_the_backend_refuses(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'tensorrt'")
+
+    monkeypatch.setattr(tb, "_import_tensorrt", missing)
+    problem = tb.tensorrt_problem()
+    assert problem.startswith("TensorRT is not importable here") and "tensorrt" in problem
+    with pytest.raises(RuntimeError, match="TensorRT is not importable"):
+        tb.TensorRTBackend("/nonexistent", _manifest())
+
+
+def test_problem_on_this_machine_is_a_sentence():
+    problem = tb.tensorrt_problem(_manifest())
+    assert problem is None or problem.endswith((")", "GPU", "it", "newer"))
+
+
+def test_problem_reports_device_capability_plan_and_plugins(gpu, monkeypatch):
+    assert tb.tensorrt_problem() is None and tb.tensorrt_problem(_manifest("nvfp4")) is not None
+    gpu(None)
+    assert "no CUDA device" in tb.tensorrt_problem()
+    gpu("NVIDIA A100", (8, 0))
+    assert "sm_80" in tb.tensorrt_problem() and "sm_89" in tb.tensorrt_problem()
+    gpu("NVIDIA L40S", (8, 9))
+    assert tb.tensorrt_problem(_manifest("fp8")) is None
+    msg = tb.tensorrt_problem(_manifest("nvfp4"))
+    assert "NVFP4" in msg and "sm_100" in msg and "L40S" in msg
+    assert "NVFP4" in tb.tensorrt_problem(_manifest("int8", weights="nvfp4"))
+    gpu("NVIDIA B200", (10, 0))
+    assert tb.tensorrt_problem(_manifest("nvfp4", weights="nvfp4", activations="dynamic")) is None
+    assert "--target tensorrt" in tb.tensorrt_problem(_manifest(stages=("dit",)))
+    monkeypatch.setenv("ARVC_TRT_PLUGINS", "/nonexistent/libarvc_trt_plugins.so")
+    msg = tb.tensorrt_problem(_manifest())
+    assert "plugin library" in msg and "not built" in msg
+    with pytest.raises(RuntimeError, match="plugin library"):
+        tb.TensorRTBackend("/nonexistent", _manifest())
+
+
+def test_engine_cache_key_changes_with_every_component(monkeypatch, tmp_path):
+    base = ("a" * 64, "NVIDIA H100 80GB HBM3", (9, 0), "10.13.0", "b" * 64)
+    key = tb.engine_cache_key(*base)
+    assert key == tb.engine_cache_key(*base) and len(key) == 64
+    variants = [("c" * 64,) + base[1:], base[:1] + ("NVIDIA H200",) + base[2:], base[:2] + ((10, 0),) + base[3:],
+                base[:3] + ("10.14.0",) + base[4:], base[:4] + ("d" * 64,)]
+    keys = {tb.engine_cache_key(*v) for v in variants}
+    assert len(keys) == 5 and key not in keys
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert tb.engine_cache_dir() == tmp_path / "arvc" / "engines"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert tb.engine_cache_dir().parts[-3:] == (".cache", "arvc", "engines")
+
+
+def test_engine_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "engines" / "k.engine"
+    tb.write_atomic(path, b"first")
+    tb.write_atomic(path, b"second engine")
+    assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
+
+    def fail(*_a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tb.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        tb.write_atomic(path, b"partial")
+    assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
