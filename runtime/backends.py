@@ -16,7 +16,7 @@ BACKENDS = ("ort", "torch", "tensorrt")
 
 def open_backend(name: str | None, plan_dir: Path, manifest: dict, *, threads: int | None = None,
                  exact_qdq: bool = False, device: str | None = None, dtype: str | None = None,
-                 cache_ops: str = "auto", cuda_graph: bool | None = None):
+                 cache_ops: str = "auto", cuda_graph: bool | None = None, fp8_gemm: bool | None = None):
     chosen = name
     name = name or manifest.get("target", {}).get("backend", "ort")
     if name == "ort":
@@ -38,7 +38,8 @@ def open_backend(name: str | None, plan_dir: Path, manifest: dict, *, threads: i
             device = "cuda"
         if threads and device == "cpu":
             torch.set_num_threads(threads)
-        return TorchBackend(plan_dir, manifest, device=device, dtype=dtype, cache_ops=cache_ops, cuda_graph=cuda_graph)
+        return TorchBackend(plan_dir, manifest, device=device, dtype=dtype, cache_ops=cache_ops, cuda_graph=cuda_graph,
+                            fp8_gemm=fp8_gemm)
     if name == "tensorrt":
         from .trt_backend import TensorRTBackend
 

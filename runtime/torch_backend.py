@@ -196,7 +196,8 @@ class TorchBackend:
         self._call()
         torch.cuda.current_stream(self.device).synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._dit_stream):
+        # thread_local: the VAE thread may use the GPU while the DiT worker captures
+        with torch.cuda.graph(graph, stream=self._dit_stream, capture_error_mode="thread_local"):
             self._x0 = self._call()
         self._graph = graph
 
