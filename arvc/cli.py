@@ -413,7 +413,9 @@ def cmd_eval(args) -> int:
     plot = check_plot_path(args.plot) if args.plot else None  # fail before the rollout, not after
     log = lambda msg: print(msg, file=sys.stderr)  # progress on stderr in both modes: --json owns stdout only
     log(f"evaluating {args.plan} over {args.blocks} blocks x {args.prompts} prompts against the fp32 reference")
-    result = evaluate(args.plan, args.blocks, args.prompts, args.seed, args.reference, args.threads, log)
+    options = {"device": args.device} if args.backend == "torch" and args.device else {}
+    result = evaluate(args.plan, args.blocks, args.prompts, args.seed, args.reference, args.threads, log,
+                      backend=args.backend, **options)
     if plot:
         result["plot"] = str(plot_drift(result, plot))
     if args.json:
@@ -668,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", help="checkpoint the plan was compiled from (default: the manifest's source; "
                                          "its SHA-256 must match)")
     ev.add_argument("--threads", type=int, help="ONNX Runtime threads per stage (default: physical cores)")
+    ev.add_argument("--backend", choices=["ort", "torch", "tensorrt"], help="what runs the plan (default: its target)")
+    ev.add_argument("--device", help="--backend torch: cpu | cuda[:N] (default cuda)")
     ev.add_argument("--plot", metavar="FILE.png", help="write the drift plot (frame PSNR and SSIM per block)")
     ev.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ev.set_defaults(func=cmd_eval)

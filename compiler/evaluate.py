@@ -161,7 +161,8 @@ def _judge_summary(plan_scores: list[dict], ref_scores: list[dict]) -> dict:
 
 def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: int = 0,
              reference: str | os.PathLike | None = None, threads: int | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, backend: str | None = None, **backend_options) -> dict:
+    """backend (and backend_options, runtime/backends.open_backend's): what runs the plan; default its target."""
     from arvc.runtime.plan_session import PlanSession
 
     if blocks < 1 or prompts < 1:
@@ -169,7 +170,10 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
     if not Path(plan_dir).is_dir():
         raise EvalError(f"plan {plan_dir} does not exist; compile one with `arvc compile CHECKPOINT -o {plan_dir}`")
     t_start = time.perf_counter()
-    session = PlanSession(plan_dir, threads)
+    try:
+        session = PlanSession(plan_dir, threads, backend=backend, **backend_options)
+    except (RuntimeError, ValueError) as e:
+        raise EvalError(str(e)) from None
     saved_threads = torch.get_num_threads()
     if threads:  # one core budget for both: the plan's ORT sessions and the torch reference take turns
         torch.set_num_threads(threads)
