@@ -163,6 +163,7 @@ class CacheTensors:
         parts = {p.name: p for p in kv_parts(fmt, heads * head_dim, heads)}
         alloc = (lambda p: torch.zeros(rows, p.width, dtype=_TORCH_DTYPE[p.dtype.__name__], device=self.device))
         self.data = alloc(parts["cache"])
+        self.device = self.data.device  # "cuda" -> "cuda:0": compared with tensors' devices, which carry the index
         self.block_scale = alloc(parts["block_scale"]) if "block_scale" in parts else None
         self.scale = alloc(parts["scale"]) if "scale" in parts else None
         ptr = (lambda t: t.data_ptr() if t is not None else None)
@@ -236,6 +237,11 @@ class Kernels:
         if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
             raise ValueError(f"{name}: the last dimension must be contiguous (stride {t.stride(-1)})")
 
+    @staticmethod
+    def _row_stride(t: torch.Tensor) -> int:
+        # torch gives a size-1 dimension any stride; the kernels want one no smaller than a row
+        return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+
     def _cache(self, name: str, c: CacheTensors) -> None:
         if not isinstance(c, CacheTensors):
             raise TypeError(f"{name}: expected CacheTensors, got {type(c).__name__}")
@@ -250,7 +256,7 @@ class Kernels:
         dim = cache.heads * cache.head_dim
         self._tensor("x", x, DTYPE, (None, dim))
         self._tensor("rows", rows, (torch.int32,), (x.shape[0],))
-        st = self._write(cache.address, x.data_ptr(), DTYPE[x.dtype], x.stride(0), rows.data_ptr(), x.shape[0],
+        st = self._write(cache.address, x.data_ptr(), DTYPE[x.dtype], self._row_stride(x), rows.data_ptr(), x.shape[0],
                          FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
         self._check("kv_cache_write", st, "cache, x, rows")
 
@@ -283,11 +289,11 @@ class Kernels:
             self._tensor("v_new", v_new, (q.dtype,), (k_new.shape[0], dim))
             if k_new.shape[0] > 1 and k_new.stride(0) != v_new.stride(0):
                 raise ValueError(f"k_new and v_new need one row stride ({k_new.stride(0)} vs {v_new.stride(0)})")
-            n_new, new_stride, kn_p, vn_p = k_new.shape[0], k_new.stride(0), k_new.data_ptr(), v_new.data_ptr()
+            n_new, new_stride, kn_p, vn_p = k_new.shape[0], self._row_stride(k_new), k_new.data_ptr(), v_new.data_ptr()
         scale = 1.0 / math.sqrt(k.head_dim) if softmax_scale is None else softmax_scale
-        st = self._attn(q.data_ptr(), DTYPE[q.dtype], q.stride(0), q.shape[0], k.address, v.address,
+        st = self._attn(q.data_ptr(), DTYPE[q.dtype], self._row_stride(q), q.shape[0], k.address, v.address,
                         key_valid.data_ptr(), cos_p, sin_p, kn_p, vn_p, new_stride, n_new, scale, out.data_ptr(),
-                        out.stride(0), FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
+                        self._row_stride(out), FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
         self._check("attention", st, "q, k, v, key_valid, out, k_rope, k_new, v_new")
         return out
 
@@ -295,7 +301,7 @@ class Kernels:
                frame_offset: int) -> torch.Tensor:
         """Wan's 3D RoPE in place on x [frames*height*width, heads*head_dim] (rows may be strided)."""
         self._tensor("x", x, DTYPE, (frames * height * width, heads * head_dim))
-        st = self._rope(x.data_ptr(), DTYPE[x.dtype], x.stride(0), heads, head_dim, frames, height, width,
+        st = self._rope(x.data_ptr(), DTYPE[x.dtype], self._row_stride(x), heads, head_dim, frames, height, width,
                         frame_offset, *self._stream())
         self._check("rope3d", st, "x, heads, head_dim, frames, height, width, frame_offset")
         return x

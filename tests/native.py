@@ -18,13 +18,18 @@ REPO = kernels.REPO
 DTYPE = {np.float32: 0, np.float16: 1}
 
 
-def session_cache_root() -> Path:
-    """The kernel build cache of this test process. Keyed by pid, not module state: this module is
-    imported both as `native` and as `tests.native`, and both must find the one build."""
+def session_xdg_cache() -> Path:
+    """An XDG_CACHE_HOME for this test process: arvc.runtime.kernels builds into <it>/arvc/kernels/.
+    Keyed by pid, not module state: this module is imported both as `native` and as `tests.native`, and
+    both (and tests/test_runtime_kernels.py) must find the one build."""
     return Path(tempfile.gettempdir()) / f"arvc-kernels-test-{os.getpid()}"
 
 
-atexit.register(shutil.rmtree, session_cache_root(), True)
+def session_cache_root() -> Path:
+    return session_xdg_cache() / "arvc" / "kernels"
+
+
+atexit.register(shutil.rmtree, session_xdg_cache(), True)
 
 
 def build(_unused_dir: Path | None = None, cuda: bool = False) -> Path:
