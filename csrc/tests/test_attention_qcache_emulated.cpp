@@ -171,6 +171,23 @@ void check_case(int32_t fmt_k, int32_t fmt_v, int heads, int hd, int rows, int n
     }
 }
 
+// ARVC_FLAG_NO_HOST_SYNC's documented outcome of an empty key set (no valid row, no fresh row): the
+// kernel itself runs to the end and every output is NaN (0/0), never garbage or a fault.
+void check_no_key_is_nan() {
+    std::mt19937 rng(60);
+    Cache k(ARVC_KV_INT8, 1, 32, 40, rng), v(ARVC_KV_INT8, 1, 32, 40, rng);
+    std::vector<uint8_t> valid(40, 0);
+    std::vector<float> q(3 * 32, 1.0f), out(3 * 32, 0.0f);
+    launch(AttentionArgs{q.data(), ARVC_F32, 32, 3, k.c, v.c, valid.data(), nullptr, nullptr, nullptr, nullptr, 32, 0,
+                         1.0f, out.data(), 32});
+    for (float o : out)
+        if (!std::isnan(o)) {
+            std::fprintf(stderr, "FAIL: no key: output %g is not NaN\n", o);
+            ++failures;
+            return;
+        }
+}
+
 }  // namespace
 
 int main() {
@@ -183,6 +200,7 @@ int main() {
     check_case(ARVC_KV_NVFP4, ARVC_KV_FP8, 1, 128, 45, 3, 0, ARVC_F16, 2, 51, true);
     check_case(ARVC_KV_NVFP4, ARVC_KV_INT8, 1, 256, 40, 17, 3, ARVC_F32, 5, 31);  // the widest head_dim
     check_case(ARVC_KV_FP8, ARVC_KV_FP16, 2, 16, 20, 3, 40, ARVC_F32, 0, 32);     // more fresh rows than cached
+    check_no_key_is_nan();
     if (failures) {
         std::fprintf(stderr, "%d failure(s)\n", failures);
         return 1;
