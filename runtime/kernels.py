@@ -110,7 +110,8 @@ def build_dir(cuda: bool, root: Path | None = None) -> Path:
         if (published / LIB_NAME[cuda]).is_file():
             return key / f"build-{kind}"
         tree = key / f"build-{kind}"
-        cfg = ["cmake", "-S", str(REPO), "-B", str(tree), "-DCMAKE_BUILD_TYPE=Release", f"-DARVC_CUDA={'ON' if cuda else 'OFF'}"]
+        cfg = ["cmake", "-S", str(REPO), "-B", str(tree), "-DCMAKE_BUILD_TYPE=Release",
+               f"-DARVC_CUDA={'ON' if cuda else 'OFF'}"]
         if nvcc:
             cfg.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         _run(cfg, "configuring")
@@ -207,7 +208,9 @@ class Kernels:
         self._write = getattr(lib, "arvc_kv_cache_write" + sfx)
         self._write.argtypes = [_P, _P, _I32, _I64, _P, _I32, _U32] + tail
         self._attn = getattr(lib, "arvc_attention_qcache" + sfx)
-        self._attn.argtypes = [_P, _I32, _I64, _I32, _P, _P, _P, _P, _P, _P, _P, _I64, _I32, _F32, _P, _I64, _U32] + tail
+        # q, dtype, q stride, n_q, k, v, key_valid, cos, sin, k_new, v_new, new stride, n_new, scale, out, out stride,
+        # flags
+        self._attn.argtypes = [_P, _I32, _I64, _I32] + [_P] * 7 + [_I64, _I32, _F32, _P, _I64, _U32] + tail
         self._rope = getattr(lib, "arvc_rope3d" + sfx)
         self._rope.argtypes = [_P, _I32, _I64] + [_I32] * 6 + tail
         for fn in (self._write, self._attn, self._rope):
@@ -233,7 +236,8 @@ class Kernels:
         if t.dtype not in dtypes:
             raise ValueError(f"{name}: dtype {t.dtype} not one of {[str(d) for d in dtypes]}")
         if t.dim() != len(shape) or any(w is not None and s != w for s, w in zip(t.shape, shape)):
-            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {tuple('*' if w is None else w for w in shape)}")
+            want = tuple("*" if w is None else w for w in shape)
+            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {want}")
         if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
             raise ValueError(f"{name}: the last dimension must be contiguous (stride {t.stride(-1)})")
 

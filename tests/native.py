@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from arvc.runtime import kernels
 from arvc.runtime.kernels import KV_FORMAT, KVCacheStruct as KVCache  # noqa: F401  (one struct definition)
@@ -34,6 +35,8 @@ atexit.register(shutil.rmtree, session_xdg_cache(), True)
 
 def build(_unused_dir: Path | None = None, cuda: bool = False) -> Path:
     """The CMake build directory (ctest runs there) of the current sources, built once per session."""
+    if cuda and kernels._find_nvcc() is None:
+        pytest.skip("nvcc not found: the CUDA kernels cannot be built")
     return kernels.build_dir(cuda, session_cache_root())
 
 

@@ -149,7 +149,8 @@ void check_case(int32_t fmt_k, int32_t fmt_v, int heads, int hd, int rows, int n
     const float *cp = rope ? cos_t.data() : nullptr, *sp = rope ? sin_t.data() : nullptr;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const arvc_status st = arvc_attention_qcache_cpu(q.data(), dtype, dim + q_pad, n_q, &k.c, &v.c, valid.data(), cp,
-                                                     sp, kn.data(), vn.data(), dim, n_new, scale, out_cpu.data(), dim, 0);
+                                                     sp, kn.data(), vn.data(), dim, n_new, scale, out_cpu.data(), dim,
+                                                     0);
     if (st != ARVC_OK) {
         std::fprintf(stderr, "FAIL: cpu status %d\n", st);
         ++failures;
@@ -165,7 +166,8 @@ void check_case(int32_t fmt_k, int32_t fmt_v, int heads, int hd, int rows, int n
     }
     const float tol = dtype == ARVC_F32 ? 1e-5f : 2e-3f;
     if (!(max_err <= tol * max_ref)) {
-        std::fprintf(stderr, "FAIL: formats %d/%d heads %d hd %d rows %d n_q %d n_new %d dtype %d rope %d: error %g of %g\n",
+        std::fprintf(stderr,
+                     "FAIL: formats %d/%d heads %d hd %d rows %d n_q %d n_new %d dtype %d rope %d: error %g of %g\n",
                      fmt_k, fmt_v, heads, hd, rows, n_q, n_new, dtype, int(rope), max_err, max_ref);
         ++failures;
     }

@@ -116,10 +116,11 @@ void errors_write_nothing() {
         EXPECT(arvc_kv_cache_write_cpu(nullptr, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_ARGUMENT);
         EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 31, rows, 2, 0) == ARVC_ERR_ARGUMENT);
         EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), 5, 32, rows, 2, 0) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 2u) == ARVC_ERR_ARGUMENT);  // unknown flag
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 2u) == ARVC_ERR_ARGUMENT);  // unknown bit
         EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 0x80000000u) == ARVC_ERR_ARGUMENT);
         // the CPU validates even when told not to sync: NO_HOST_SYNC changes nothing here
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, bad, 2, ARVC_FLAG_NO_HOST_SYNC) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, bad, 2, ARVC_FLAG_NO_HOST_SYNC) ==
+               ARVC_ERR_ARGUMENT);
         EXPECT(c.all_zero());
     }
     Cache c(ARVC_KV_INT8, 2, 2, 16);
