@@ -112,20 +112,20 @@ extern "C" arvc_status arvc_kv_cache_write_cuda(const arvc_kv_cache *cache, cons
 
     if (!(flags & ARVC_FLAG_NO_HOST_SYNC)) {
         std::lock_guard<std::mutex> lock(g_flags_mutex);  // one validation verdict in flight per process
-        void *flags_ptr = nullptr;
-        unsigned flags = 0;
-        if (cudaGetSymbolAddress(&flags_ptr, g_write_flags) != cudaSuccess) return ARVC_ERR_CUDA;
-        if (cudaMemsetAsync(flags_ptr, 0, sizeof(unsigned), s) != cudaSuccess) return ARVC_ERR_CUDA;
+        void *verdict_ptr = nullptr;
+        unsigned verdict = 0;
+        if (cudaGetSymbolAddress(&verdict_ptr, g_write_flags) != cudaSuccess) return ARVC_ERR_CUDA;
+        if (cudaMemsetAsync(verdict_ptr, 0, sizeof(unsigned), s) != cudaSuccess) return ARVC_ERR_CUDA;
         const int64_t work = int64_t(n) * dim;
         const int threads = 256;
         const int blocks = int(work / threads + 1 < 1024 ? work / threads + 1 : 1024);
         validate<<<blocks, threads, 0, s>>>(x, x_dtype, x_row_stride, dim, row_index, n, cache->rows);
         if (cudaGetLastError() != cudaSuccess) return ARVC_ERR_CUDA;
-        if (cudaMemcpyAsync(&flags, flags_ptr, sizeof flags, cudaMemcpyDeviceToHost, s) != cudaSuccess ||
+        if (cudaMemcpyAsync(&verdict, verdict_ptr, sizeof verdict, cudaMemcpyDeviceToHost, s) != cudaSuccess ||
             cudaStreamSynchronize(s) != cudaSuccess)
             return ARVC_ERR_CUDA;
-        if (flags & kBadIndex) return ARVC_ERR_ARGUMENT;  // the CPU's precedence: indices before values
-        if (flags & kNonFinite) return ARVC_ERR_NONFINITE;
+        if (verdict & kBadIndex) return ARVC_ERR_ARGUMENT;  // the CPU's precedence: indices before values
+        if (verdict & kNonFinite) return ARVC_ERR_NONFINITE;
     }
 
     const dim3 grid(unsigned(n), unsigned((cache->heads + kWarps - 1) / kWarps)), block(32, kWarps);
