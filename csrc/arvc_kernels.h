@@ -16,6 +16,21 @@
  * Layouts: `row_index[i]` is the cache row written by input row i (the caller's ring / sink logic
  * picks rows; rows not named are never touched, so the sink region is preserved by construction).
  * Input and output activations are [n, heads, head_dim] with a row stride in elements.
+ *
+ * Flags (the trailing `flags` argument of the cache write and the attention): a bitwise OR of
+ * ARVC_FLAG_*; any other bit set is ARVC_ERR_ARGUMENT. The *_cpu implementations accept every known
+ * flag and ignore it (their checks read host memory and cost nothing worth skipping).
+ *
+ *   ARVC_FLAG_NO_HOST_SYNC  (CUDA) skip every check that reads device memory back to the host and waits
+ *     for the stream, so the call only enqueues kernels and may be captured into a CUDA graph. The
+ *     caller then guarantees what those checks verified; otherwise:
+ *       - kv_cache_write: a row index outside [0, rows) is skipped (the write kernel bounds-checks every
+ *         row, nothing outside the cache is ever written) and the call still returns ARVC_OK; a
+ *         non-finite input value is quantized unchecked, leaving that (row, head) with unspecified
+ *         contents (typically a NaN / inf scale) that poisons later attention reads;
+ *       - attention: with no valid cached key and n_new = 0 the softmax is over nothing and every
+ *         output element is NaN (0/0) instead of ARVC_ERR_ARGUMENT.
+ *     Host-checkable arguments (null pointers, sizes, formats, flags) are still checked.
  */
 #ifndef ARVC_KERNELS_H
 #define ARVC_KERNELS_H
@@ -39,6 +54,9 @@ typedef enum { ARVC_KV_FP16 = 1, ARVC_KV_INT8 = 2, ARVC_KV_FP8 = 3, ARVC_KV_NVFP
 
 typedef enum { ARVC_F32 = 0, ARVC_F16 = 1, ARVC_BF16 = 2 } arvc_dtype;
 
+#define ARVC_FLAG_NO_HOST_SYNC 1u
+#define ARVC_FLAGS_ALL ARVC_FLAG_NO_HOST_SYNC /* every defined flag bit */
+
 /* One layer's K or V cache. Pointers are host memory for *_cpu and device memory for *_cuda. */
 typedef struct {
     int32_t format;         /* arvc_kv_format */
@@ -56,26 +74,36 @@ int64_t arvc_kv_data_bytes_per_row(int32_t format, int32_t heads, int32_t head_d
 const char *arvc_status_string(arvc_status status);
 
 /* Quantize n rows of x ([n, heads, head_dim], x_row_stride elements between rows, dtype x_dtype) into
- * the cache rows row_index[0..n). */
+ * the cache rows row_index[0..n). flags: ARVC_FLAG_* (see above). */
 arvc_status arvc_kv_cache_write_cpu(const arvc_kv_cache *cache, const void *x, int32_t x_dtype,
-                                    int64_t x_row_stride, const int32_t *row_index, int32_t n);
+                                    int64_t x_row_stride, const int32_t *row_index, int32_t n, uint32_t flags);
 arvc_status arvc_kv_cache_write_cuda(const arvc_kv_cache *cache, const void *x, int32_t x_dtype,
-                                     int64_t x_row_stride, const int32_t *row_index, int32_t n, void *stream);
+                                     int64_t x_row_stride, const int32_t *row_index, int32_t n, uint32_t flags,
+                                     void *stream);
 
 /* out[i, h, :] = softmax(scale * q[i, h, :] . K[j, h, :]) V[j, h, :] over the cache rows j with
  * key_valid[j] != 0 (decoded from the cache inside the kernel, never materialized), followed by the
  * n_new fresh rows k_new / v_new ([n_new, heads, head_dim], same dtype as q; n_new may be 0).
- * q, out: [n_q, heads, head_dim] with row strides in elements; out has q's dtype. */
+ * q, out: [n_q, heads, head_dim] with row strides in elements; out has q's dtype.
+ *
+ * k_rope_cos, k_rope_sin: fp32 [k_cache->rows, head_dim/2] row-major, or both NULL (the cached keys are
+ * stored already rotated; exactly one NULL is ARVC_ERR_ARGUMENT, as is an odd head_dim with tables).
+ * With tables, every decoded cached key (row j, any head) is rotated in fp32 on adjacent pairs before
+ * the dot product (window-relative RoPE: keys are cached un-rotated, each slot's current position is
+ * the caller's table row): with c = cos[j*head_dim/2 + i], s = sin[...], for i < head_dim/2
+ *   k'[2i] = k[2i]*c - k[2i+1]*s,   k'[2i+1] = k[2i]*s + k[2i+1]*c.
+ * The fresh rows k_new are never rotated (the caller passes them rotated). flags: ARVC_FLAG_*. */
 arvc_status arvc_attention_qcache_cpu(const void *q, int32_t dtype, int64_t q_row_stride, int32_t n_q,
                                       const arvc_kv_cache *k_cache, const arvc_kv_cache *v_cache,
-                                      const uint8_t *key_valid, const void *k_new, const void *v_new,
-                                      int64_t new_row_stride, int32_t n_new, float softmax_scale, void *out,
-                                      int64_t out_row_stride);
+                                      const uint8_t *key_valid, const float *k_rope_cos, const float *k_rope_sin,
+                                      const void *k_new, const void *v_new, int64_t new_row_stride, int32_t n_new,
+                                      float softmax_scale, void *out, int64_t out_row_stride, uint32_t flags);
 arvc_status arvc_attention_qcache_cuda(const void *q, int32_t dtype, int64_t q_row_stride, int32_t n_q,
                                        const arvc_kv_cache *k_cache, const arvc_kv_cache *v_cache,
-                                       const uint8_t *key_valid, const void *k_new, const void *v_new,
-                                       int64_t new_row_stride, int32_t n_new, float softmax_scale, void *out,
-                                       int64_t out_row_stride, void *stream);
+                                       const uint8_t *key_valid, const float *k_rope_cos, const float *k_rope_sin,
+                                       const void *k_new, const void *v_new, int64_t new_row_stride, int32_t n_new,
+                                       float softmax_scale, void *out, int64_t out_row_stride, uint32_t flags,
+                                       void *stream);
 
 /* Wan's 3D RoPE in place on x [n, heads, head_dim] for tokens ordered (frame, row, col) of a block of
  * `frames` x `height` x `width` tokens whose first frame sits at position frame_offset: head_dim/2

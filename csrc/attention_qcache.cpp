@@ -37,11 +37,14 @@ struct OnlineSoftmax {
 
 extern "C" arvc_status arvc_attention_qcache_cpu(const void *q, int32_t dtype, int64_t q_row_stride, int32_t n_q,
                                                  const arvc_kv_cache *k_cache, const arvc_kv_cache *v_cache,
-                                                 const uint8_t *key_valid, const void *k_new, const void *v_new,
+                                                 const uint8_t *key_valid, const float *k_rope_cos,
+                                                 const float *k_rope_sin, const void *k_new, const void *v_new,
                                                  int64_t new_row_stride, int32_t n_new, float softmax_scale,
-                                                 void *out, int64_t out_row_stride) {
-    const arvc_status s = arvc_check_attention_args(q, dtype, q_row_stride, n_q, k_cache, v_cache, key_valid, k_new,
-                                                    v_new, new_row_stride, n_new, out, out_row_stride);
+                                                 void *out, int64_t out_row_stride, uint32_t flags) {
+    // flags: ARVC_FLAG_NO_HOST_SYNC is for the device; the host checks below are always made
+    const arvc_status s =
+        arvc_check_attention_args(q, dtype, q_row_stride, n_q, k_cache, v_cache, key_valid, k_rope_cos, k_rope_sin,
+                                  k_new, v_new, new_row_stride, n_new, out, out_row_stride, flags);
     if (s != ARVC_OK) return s;
     const int heads = k_cache->heads, head_dim = k_cache->head_dim, rows = k_cache->rows;
     int valid = 0;
@@ -63,7 +66,8 @@ extern "C" arvc_status arvc_attention_qcache_cpu(const void *q, int32_t dtype, i
             for (int j = 0; j < rows; ++j) {
                 if (!key_valid[j]) continue;
                 float dot = 0.0f;
-                for (int d = 0; d < head_dim; ++d) dot += qv[d] * arvc_kv_decode(k_cache, j, h, d);
+                for (int d = 0; d < head_dim; ++d)
+                    dot += qv[d] * arvc_kv_decode_key(k_cache, k_rope_cos, k_rope_sin, j, h, d);
                 for (int d = 0; d < head_dim; ++d) vv[d] = arvc_kv_decode(v_cache, j, h, d);
                 state.add(softmax_scale * dot, vv, head_dim);
             }

@@ -1,5 +1,6 @@
 // Launcher of the attention_qcache CUDA kernel (attention_qcache_kernel.cuh): argument checks, the
-// "no key at all" check, the shared-memory opt-in and launch, every CUDA call checked.
+// "no key at all" check (skipped under ARVC_FLAG_NO_HOST_SYNC, see arvc_kernels.h), the shared-memory
+// opt-in and launch, every CUDA call checked.
 #include <cuda_runtime.h>
 
 #include "arvc_kernels.h"
@@ -26,15 +27,18 @@ __global__ void any_key_valid_kernel(const uint8_t *key_valid, int32_t rows) {
 
 extern "C" arvc_status arvc_attention_qcache_cuda(const void *q, int32_t dtype, int64_t q_row_stride, int32_t n_q,
                                                   const arvc_kv_cache *k_cache, const arvc_kv_cache *v_cache,
-                                                  const uint8_t *key_valid, const void *k_new, const void *v_new,
+                                                  const uint8_t *key_valid, const float *k_rope_cos,
+                                                  const float *k_rope_sin, const void *k_new, const void *v_new,
                                                   int64_t new_row_stride, int32_t n_new, float softmax_scale,
-                                                  void *out, int64_t out_row_stride, void *stream) {
-    const arvc_status s = arvc_check_attention_args(q, dtype, q_row_stride, n_q, k_cache, v_cache, key_valid, k_new,
-                                                    v_new, new_row_stride, n_new, out, out_row_stride);
+                                                  void *out, int64_t out_row_stride, uint32_t flags, void *stream) {
+    const arvc_status s =
+        arvc_check_attention_args(q, dtype, q_row_stride, n_q, k_cache, v_cache, key_valid, k_rope_cos, k_rope_sin,
+                                  k_new, v_new, new_row_stride, n_new, out, out_row_stride, flags);
     if (s != ARVC_OK) return s;
     cudaStream_t st = static_cast<cudaStream_t>(stream);
 
-    if (n_new == 0) {
+    // NO_HOST_SYNC: the caller vouches for a key; an empty key set then yields NaN, never a hang or fault
+    if (n_new == 0 && !(flags & ARVC_FLAG_NO_HOST_SYNC)) {
         // Only then can the key set be empty; answering that needs key_valid, which is device memory,
         // so this path waits for the stream (and shares one device flag: do not race two such calls
         // on different streams). With fresh rows there is always a key and no synchronization.
@@ -47,11 +51,13 @@ extern "C" arvc_status arvc_attention_qcache_cuda(const void *q, int32_t dtype, 
         if (!any) return ARVC_ERR_ARGUMENT;
     }
 
-    const AttentionArgs args{q, dtype, q_row_stride, n_q, *k_cache, *v_cache, key_valid, k_new, v_new,
-                             new_row_stride, n_new, softmax_scale, out, out_row_stride};
+    const AttentionArgs args{q, dtype, q_row_stride, n_q, *k_cache, *v_cache, key_valid, k_rope_cos, k_rope_sin,
+                             k_new, v_new, new_row_stride, n_new, softmax_scale, out, out_row_stride};
     const size_t smem = arvc_attention::shared_bytes(k_cache->head_dim);
-    // above 48 KiB (head_dim > ~128) dynamic shared memory must be opted into; sm_89+ allow ~99 KiB
-    if (cudaFuncSetAttribute(arvc_attention::attention_qcache_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    // above 48 KiB (head_dim > ~128) dynamic shared memory must be opted into; sm_89+ allow ~99 KiB.
+    // Below it the attribute call is skipped: fewer driver calls on the (graph-captured) hot path.
+    if (smem > 48 * 1024 &&
+        cudaFuncSetAttribute(arvc_attention::attention_qcache_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem)) != cudaSuccess)
         return ARVC_ERR_CUDA;
     const dim3 grid((n_q + QUERY_TILE - 1) / QUERY_TILE, k_cache->heads);

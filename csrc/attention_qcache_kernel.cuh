@@ -6,7 +6,8 @@
  * stream through shared memory KEY_TILE rows at a time, decoded from the cache format as they are
  * loaded (the cache is never expanded to a bf16/fp32 copy in global memory), scores and an online
  * softmax (running max / sum per query row) in fp32, the output accumulator in registers. The decode
- * rules are kv_decode_inline.h's, the CPU reference's own.
+ * rules are kv_decode_inline.h's, the CPU reference's own, window-relative RoPE of the cached keys
+ * included (each thread decodes its element's pair partner too, so rotation adds no barrier).
  */
 #ifndef ARVC_ATTENTION_QCACHE_KERNEL_CUH
 #define ARVC_ATTENTION_QCACHE_KERNEL_CUH
@@ -37,6 +38,7 @@ struct AttentionArgs {
     int32_t n_q;
     arvc_kv_cache k, v;  // by value: the structs are host memory, their buffers device memory
     const uint8_t *key_valid;
+    const float *k_rope_cos, *k_rope_sin;  // [k.rows, head_dim/2] or both null
     const void *k_new, *v_new;
     int64_t new_row_stride;
     int32_t n_new;
@@ -92,7 +94,7 @@ ARVC_UNROLL
             if (key_live(a, j)) {
                 live = 1;
                 if (j < a.k.rows) {
-                    kx = arvc_kv_decode(&a.k, j, h, d);
+                    kx = arvc_kv_decode_key(&a.k, a.k_rope_cos, a.k_rope_sin, j, h, d);
                     vx = arvc_kv_decode(&a.v, j, h, d);
                 } else {
                     const int64_t f = j - a.k.rows;

@@ -7,7 +7,9 @@
 #include "kv_quant_inline.h"
 
 static inline arvc_status arvc_kv_write_check_args(const arvc_kv_cache *cache, const void *x, int32_t x_dtype,
-                                                   int64_t x_row_stride, const int32_t *row_index, int32_t n) {
+                                                   int64_t x_row_stride, const int32_t *row_index, int32_t n,
+                                                   uint32_t flags) {
+    if (flags & ~ARVC_FLAGS_ALL) return ARVC_ERR_ARGUMENT;
     if (cache == NULL || x == NULL || row_index == NULL || n <= 0) return ARVC_ERR_ARGUMENT;
     const int32_t f = cache->format;
     if (f != ARVC_KV_FP16 && f != ARVC_KV_INT8 && f != ARVC_KV_FP8 && f != ARVC_KV_NVFP4) return ARVC_ERR_FORMAT;

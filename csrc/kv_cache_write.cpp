@@ -59,8 +59,10 @@ void write_nvfp4(const HeadIn &in, uint8_t *codes, uint8_t *block_scale, float *
 }  // namespace
 
 extern "C" arvc_status arvc_kv_cache_write_cpu(const arvc_kv_cache *cache, const void *x, int32_t x_dtype,
-                                               int64_t x_row_stride, const int32_t *row_index, int32_t n) {
-    arvc_status st = arvc_kv_write_check_args(cache, x, x_dtype, x_row_stride, row_index, n);
+                                               int64_t x_row_stride, const int32_t *row_index, int32_t n,
+                                               uint32_t flags) {
+    // flags: ARVC_FLAG_NO_HOST_SYNC is for the device; the host validation below is always made
+    arvc_status st = arvc_kv_write_check_args(cache, x, x_dtype, x_row_stride, row_index, n, flags);
     if (st != ARVC_OK) return st;
     const int32_t heads = cache->heads, head_dim = cache->head_dim;
     const int64_t dim = static_cast<int64_t>(heads) * head_dim;

@@ -5,6 +5,8 @@
 // write, so a rejected call writes nothing, as on the CPU. The cost is one extra read of x and one
 // sync per call, and the call cannot be captured into a CUDA graph; a write is small next to the
 // attention that follows it, and silently caching a NaN would poison every later block.
+// ARVC_FLAG_NO_HOST_SYNC skips the validation pass (graph capture): the write kernel then still
+// bounds-checks each row index and skips a row outside the cache, so it never writes out of bounds.
 //
 // The write runs one warp per (input row, head): a warp reduction gives the head's amax, then each
 // lane encodes elements with kv_quant_inline.h's functions, the same code the CPU reference runs.
@@ -48,6 +50,7 @@ __global__ void write_rows(arvc_kv_cache c, int64_t row_bytes, const void *x, in
     if (h >= c.heads) return;  // a whole warp leaves together, so the shuffles below stay full-warp
     const int32_t hd = c.head_dim;
     const int64_t in = i * stride + int64_t(h) * hd, r = row_index[i];
+    if (r < 0 || r >= c.rows) return;  // only reachable unvalidated (NO_HOST_SYNC); uniform per block
     uint8_t *row = static_cast<uint8_t *>(c.data) + r * row_bytes;
 
     float amax = 0.0f;
@@ -101,28 +104,28 @@ __global__ void write_rows(arvc_kv_cache c, int64_t row_bytes, const void *x, in
 
 extern "C" arvc_status arvc_kv_cache_write_cuda(const arvc_kv_cache *cache, const void *x, int32_t x_dtype,
                                                 int64_t x_row_stride, const int32_t *row_index, int32_t n,
-                                                void *stream) {
-    arvc_status st = arvc_kv_write_check_args(cache, x, x_dtype, x_row_stride, row_index, n);
+                                                uint32_t flags, void *stream) {
+    arvc_status st = arvc_kv_write_check_args(cache, x, x_dtype, x_row_stride, row_index, n, flags);
     if (st != ARVC_OK) return st;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const int64_t dim = int64_t(cache->heads) * cache->head_dim;
 
-    {
+    if (!(flags & ARVC_FLAG_NO_HOST_SYNC)) {
         std::lock_guard<std::mutex> lock(g_flags_mutex);  // one validation verdict in flight per process
-        void *flags_ptr = nullptr;
-        unsigned flags = 0;
-        if (cudaGetSymbolAddress(&flags_ptr, g_write_flags) != cudaSuccess) return ARVC_ERR_CUDA;
-        if (cudaMemsetAsync(flags_ptr, 0, sizeof(unsigned), s) != cudaSuccess) return ARVC_ERR_CUDA;
+        void *verdict_ptr = nullptr;
+        unsigned verdict = 0;
+        if (cudaGetSymbolAddress(&verdict_ptr, g_write_flags) != cudaSuccess) return ARVC_ERR_CUDA;
+        if (cudaMemsetAsync(verdict_ptr, 0, sizeof(unsigned), s) != cudaSuccess) return ARVC_ERR_CUDA;
         const int64_t work = int64_t(n) * dim;
         const int threads = 256;
         const int blocks = int(work / threads + 1 < 1024 ? work / threads + 1 : 1024);
         validate<<<blocks, threads, 0, s>>>(x, x_dtype, x_row_stride, dim, row_index, n, cache->rows);
         if (cudaGetLastError() != cudaSuccess) return ARVC_ERR_CUDA;
-        if (cudaMemcpyAsync(&flags, flags_ptr, sizeof flags, cudaMemcpyDeviceToHost, s) != cudaSuccess ||
+        if (cudaMemcpyAsync(&verdict, verdict_ptr, sizeof verdict, cudaMemcpyDeviceToHost, s) != cudaSuccess ||
             cudaStreamSynchronize(s) != cudaSuccess)
             return ARVC_ERR_CUDA;
-        if (flags & kBadIndex) return ARVC_ERR_ARGUMENT;  // the CPU's precedence: indices before values
-        if (flags & kNonFinite) return ARVC_ERR_NONFINITE;
+        if (verdict & kBadIndex) return ARVC_ERR_ARGUMENT;  // the CPU's precedence: indices before values
+        if (verdict & kNonFinite) return ARVC_ERR_NONFINITE;
     }
 
     const dim3 grid(unsigned(n), unsigned((cache->heads + kWarps - 1) / kWarps)), block(32, kWarps);

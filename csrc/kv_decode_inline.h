@@ -45,6 +45,20 @@ ARVC_HD float arvc_kv_decode(const arvc_kv_cache *c, int64_t row, int32_t head, 
     }
 }
 
+/* The cached key (row, head, d) as attention sees it: decoded, then, when tables are given (cos_t and
+ * sin_t both non-NULL, [rows, head_dim/2]), rotated with its pair partner d^1 in fp32. Element d alone
+ * is produced (the partner is decoded a second time) so that the CUDA kernel's one-element-per-thread
+ * tile load needs no extra barrier; the CPU reference calls the same function so the two agree. */
+ARVC_HD float arvc_kv_decode_key(const arvc_kv_cache *c, const float *cos_t, const float *sin_t, int64_t row,
+                                 int32_t head, int32_t d) {
+    const float x = arvc_kv_decode(c, row, head, d);
+    if (!cos_t) return x;
+    const float y = arvc_kv_decode(c, row, head, d ^ 1);
+    const int64_t t = row * (c->head_dim / 2) + d / 2;
+    const float cs = cos_t[t], sn = sin_t[t];
+    return (d & 1) ? y * sn + x * cs : x * cs - y * sn;  /* odd: k[2i]*s + k[2i+1]*c; even: k[2i]*c - k[2i+1]*s */
+}
+
 /* Host-side validation shared by the CPU and CUDA entry points (reads only the structs, never the
  * buffers, so it is safe with device pointers). */
 static inline arvc_status arvc_check_kv_cache(const arvc_kv_cache *c) {
@@ -60,9 +74,10 @@ static inline arvc_status arvc_check_kv_cache(const arvc_kv_cache *c) {
  * "at least one key" rule (key_valid) is checked by each implementation. */
 static inline arvc_status arvc_check_attention_args(const void *q, int32_t dtype, int64_t q_row_stride, int32_t n_q,
                                                     const arvc_kv_cache *k_cache, const arvc_kv_cache *v_cache,
-                                                    const uint8_t *key_valid, const void *k_new, const void *v_new,
+                                                    const uint8_t *key_valid, const float *k_rope_cos,
+                                                    const float *k_rope_sin, const void *k_new, const void *v_new,
                                                     int64_t new_row_stride, int32_t n_new, const void *out,
-                                                    int64_t out_row_stride) {
+                                                    int64_t out_row_stride, uint32_t flags) {
     arvc_status s = arvc_check_kv_cache(k_cache);
     if (s != ARVC_OK) return s;
     if ((s = arvc_check_kv_cache(v_cache)) != ARVC_OK) return s;
@@ -72,6 +87,9 @@ static inline arvc_status arvc_check_attention_args(const void *q, int32_t dtype
     const int64_t dim = (int64_t)k_cache->heads * k_cache->head_dim;
     if (!q || !out || !key_valid || n_q <= 0 || q_row_stride < dim || out_row_stride < dim) return ARVC_ERR_ARGUMENT;
     if (n_new < 0 || (n_new > 0 && (!k_new || !v_new || new_row_stride < dim))) return ARVC_ERR_ARGUMENT;
+    if ((k_rope_cos == NULL) != (k_rope_sin == NULL)) return ARVC_ERR_ARGUMENT;
+    if (k_rope_cos && k_cache->head_dim % 2) return ARVC_ERR_ARGUMENT; /* RoPE rotates pairs */
+    if (flags & ~ARVC_FLAGS_ALL) return ARVC_ERR_ARGUMENT;
     if (k_cache->head_dim > ARVC_ATTN_MAX_HEAD_DIM) return ARVC_ERR_UNSUPPORTED;
     return ARVC_OK;
 }

@@ -1,32 +1,43 @@
-"""Build csrc/ with CMake once per test session and load the CPU kernels through ctypes."""
+"""Load the kernels' CPU library through ctypes for the native tests: one build per test session,
+shared with tests/test_runtime_kernels.py (arvc.runtime.kernels builds and caches it)."""
 from __future__ import annotations
 
+import atexit
 import ctypes
+import os
 import shutil
-import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-KV_FORMAT = {"fp16": 1, "int8": 2, "fp8": 3, "nvfp4": 4}
+from arvc.runtime import kernels
+from arvc.runtime.kernels import KV_FORMAT, KVCacheStruct as KVCache  # noqa: F401  (one struct definition)
+
+REPO = kernels.REPO
 DTYPE = {np.float32: 0, np.float16: 1}
 
 
-class KVCache(ctypes.Structure):
-    _fields_ = [("format", ctypes.c_int32), ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
-                ("rows", ctypes.c_int32), ("data", ctypes.c_void_p), ("block_scale", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p)]
+def session_xdg_cache() -> Path:
+    """An XDG_CACHE_HOME for this test process: arvc.runtime.kernels builds into <it>/arvc/kernels/.
+    Keyed by pid, not module state: this module is imported both as `native` and as `tests.native`, and
+    both (and tests/test_runtime_kernels.py) must find the one build."""
+    return Path(tempfile.gettempdir()) / f"arvc-kernels-test-{os.getpid()}"
 
 
-def build(build_dir: Path, cuda: bool = False) -> Path:
-    """Configure + build; returns the build directory (ctest runs there)."""
-    if shutil.which("cmake") is None:
-        raise RuntimeError("cmake is not installed; the native kernel tests need it (apt install cmake)")
-    subprocess.run(["cmake", "-S", str(REPO), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                    f"-DARVC_CUDA={'ON' if cuda else 'OFF'}"], check=True, capture_output=True, text=True)
-    subprocess.run(["cmake", "--build", str(build_dir), "-j", "2"], check=True, capture_output=True, text=True)
-    return build_dir
+def session_cache_root() -> Path:
+    return session_xdg_cache() / "arvc" / "kernels"
+
+
+atexit.register(shutil.rmtree, session_xdg_cache(), True)
+
+
+def build(_unused_dir: Path | None = None, cuda: bool = False) -> Path:
+    """The CMake build directory (ctest runs there) of the current sources, built once per session."""
+    if cuda and kernels._find_nvcc() is None:
+        pytest.skip("nvcc not found: the CUDA kernels cannot be built")
+    return kernels.build_dir(cuda, session_cache_root())
 
 
 def load(build_dir: Path) -> ctypes.CDLL:

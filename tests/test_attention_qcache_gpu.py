@@ -17,14 +17,12 @@ import pytest
 import torch
 
 from tests import native
-from tests.test_attention_qcache import FORMATS, fill_cache
+from tests.test_attention_qcache import ARGTYPES, FORMATS, fill_cache, rope_tables, sink_then_shuffled
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = {"fp32": (torch.float32, 0, 1e-5), "fp16": (torch.float16, 1, 2e-3), "bf16": (torch.bfloat16, 2, 1.6e-2)}
-ARGTYPES = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.POINTER(native.KVCache),
-            ctypes.POINTER(native.KVCache), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-            ctypes.c_int32, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64]
+NO_HOST_SYNC = 1
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +49,10 @@ def device_struct(buf: native.CacheBuffers):
     return s, parts
 
 
-def both(libs, fmt_k, fmt_v, heads, head_dim, rows, n_q, n_new, dtype, seed, q_pad=0, dead_tile=False):
-    """-> (status cpu, status gpu, out cpu, out gpu) for one random case."""
+def both(libs, fmt_k, fmt_v, heads, head_dim, rows, n_q, n_new, dtype, seed, q_pad=0, dead_tile=False,
+         rope_hw=None, flags=0):
+    """-> (status cpu, status gpu, out cpu, out gpu) for one random case; rope_hw: (height, width) of a
+    frame for per-slot k-RoPE tables (sink at 0..2, the ring shuffled); flags go to the CUDA call."""
     cpu, gpu = libs
     torch_dtype, code, _ = DTYPES[dtype]
     g = torch.Generator().manual_seed(seed)
@@ -69,20 +69,28 @@ def both(libs, fmt_k, fmt_v, heads, head_dim, rows, n_q, n_new, dtype, seed, q_p
     k_new = torch.randn(max(n_new, 1), dim, generator=g).to(torch_dtype)
     v_new = torch.randn(max(n_new, 1), dim, generator=g).to(torch_dtype)
     scale = 1.0 / head_dim**0.5
+    cos = sin = None
+    if rope_hw is not None:
+        h, w = rope_hw
+        _, cos, sin = rope_tables(head_dim, sink_then_shuffled(rows // (h * w), seed), h, w)
+    ptr = (lambda t: None if t is None else t.data_ptr())
 
     out_cpu = torch.full((n_q, dim), float("nan"), dtype=torch_dtype)
     st_cpu = cpu.arvc_attention_qcache_cpu(q.data_ptr(), code, dim + q_pad, n_q, ctypes.byref(kb.struct),
-                                           ctypes.byref(vb.struct), valid_u8.data_ptr(), k_new.data_ptr(),
-                                           v_new.data_ptr(), dim, n_new, scale, out_cpu.data_ptr(), dim)
+                                           ctypes.byref(vb.struct), valid_u8.data_ptr(), ptr(cos), ptr(sin),
+                                           k_new.data_ptr(), v_new.data_ptr(), dim, n_new, scale, out_cpu.data_ptr(),
+                                           dim, 0)
 
     ks, k_parts = device_struct(kb)
     vs, v_parts = device_struct(vb)
     q_d, k_new_d, v_new_d, valid_d = q.cuda(), k_new.cuda(), v_new.cuda(), valid_u8.cuda()
+    cos_d, sin_d = (None if t is None else t.cuda() for t in (cos, sin))
     out_d = torch.full((n_q, dim), float("nan"), dtype=torch_dtype, device="cuda")
     stream = torch.cuda.current_stream().cuda_stream
     st_gpu = gpu.arvc_attention_qcache_cuda(q_d.data_ptr(), code, dim + q_pad, n_q, ctypes.byref(ks),
-                                            ctypes.byref(vs), valid_d.data_ptr(), k_new_d.data_ptr(),
-                                            v_new_d.data_ptr(), dim, n_new, scale, out_d.data_ptr(), dim, stream)
+                                            ctypes.byref(vs), valid_d.data_ptr(), ptr(cos_d), ptr(sin_d),
+                                            k_new_d.data_ptr(), v_new_d.data_ptr(), dim, n_new, scale,
+                                            out_d.data_ptr(), dim, flags, stream)
     torch.cuda.synchronize()
     del k_parts, v_parts
     return st_cpu, st_gpu, out_cpu.double(), out_d.cpu().double()
@@ -129,11 +137,34 @@ def test_cuda_no_key_is_an_argument_error(libs):
     valid = torch.zeros(8, dtype=torch.uint8, device="cuda")
     q = torch.randn(2, 64, device="cuda")
     out = torch.empty_like(q)
-    st = gpu.arvc_attention_qcache_cuda(q.data_ptr(), 0, 64, 2, ctypes.byref(ks), ctypes.byref(vs),
-                                        valid.data_ptr(), None, None, 0, 0, 1.0, out.data_ptr(), 64, None)
-    assert st == 1  # ARVC_ERR_ARGUMENT
-    valid[5] = 1
-    st = gpu.arvc_attention_qcache_cuda(q.data_ptr(), 0, 64, 2, ctypes.byref(ks), ctypes.byref(vs),
-                                        valid.data_ptr(), None, None, 0, 0, 1.0, out.data_ptr(), 64, None)
+    call = (lambda flags, cos=None, sin=None: gpu.arvc_attention_qcache_cuda(
+        q.data_ptr(), 0, 64, 2, ctypes.byref(ks), ctypes.byref(vs), valid.data_ptr(), cos, sin, None, None, 0, 0, 1.0,
+        out.data_ptr(), 64, flags, None))
+    assert call(0) == 1  # ARVC_ERR_ARGUMENT
+    # NO_HOST_SYNC: nobody looks at key_valid on the host; the softmax over nothing is NaN (arvc_kernels.h)
+    assert call(NO_HOST_SYNC) == 0
     torch.cuda.synchronize()
-    assert st == 0
+    assert torch.isnan(out).all()
+    valid[5] = 1
+    assert call(0) == 0
+    torch.cuda.synchronize()
+    table = torch.zeros(8, 16, device="cuda")
+    assert call(0, cos=table.data_ptr()) == 1  # one table without the other
+    assert call(2) == 1  # unknown flag bit
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("flags", [0, NO_HOST_SYNC])
+def test_cuda_rope_tables_match_cpu(libs, fmt, flags):
+    # 100 rows = 25 slots of 2x2-token frames; head_dim 128 is Wan's
+    st_cpu, st_gpu, out_cpu, out_gpu = both(libs, fmt, fmt, 2, 128, rows=100, n_q=21, n_new=4, dtype="fp32",
+                                            seed=8, rope_hw=(2, 2), flags=flags)
+    assert st_cpu == 0 and st_gpu == 0
+    assert_close(out_cpu, out_gpu, "fp32")
+
+
+def test_cuda_no_host_sync_matches_cpu_without_fresh_rows(libs):
+    st_cpu, st_gpu, out_cpu, out_gpu = both(libs, "nvfp4", "fp8", 2, 32, rows=64, n_q=9, n_new=0, dtype="bf16",
+                                            seed=9, flags=NO_HOST_SYNC)
+    assert st_cpu == 0 and st_gpu == 0
+    assert_close(out_cpu, out_gpu, "bf16")

@@ -21,6 +21,7 @@ from native import DTYPE, CacheBuffers, build, load
 FORMATS = ("fp16", "int8", "fp8", "nvfp4")
 CODECS = {"int8": Int8("per_token"), "fp8": Fp8E4M3("per_token"), "nvfp4": NVFP4("per_token")}
 OK, ERR_ARGUMENT, ERR_FORMAT, ERR_NONFINITE = 0, 1, 2, 3
+NO_HOST_SYNC = 1
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,7 @@ def native(tmp_path_factory):
     build_dir = build(tmp_path_factory.mktemp("native_cpu"))
     lib = load(build_dir)
     p = ctypes.c_void_p
-    lib.arvc_kv_cache_write_cpu.argtypes = [p, p, ctypes.c_int32, ctypes.c_int64, p, ctypes.c_int32]
+    lib.arvc_kv_cache_write_cpu.argtypes = [p, p, ctypes.c_int32, ctypes.c_int64, p, ctypes.c_int32, ctypes.c_uint32]
     lib.arvc_rope3d_cpu.argtypes = [p, ctypes.c_int32, ctypes.c_int64] + [ctypes.c_int32] * 6
     return build_dir, lib
 
@@ -40,12 +41,12 @@ def test_ctest_passes(native):
     assert "test_kv_cache_write" in r.stdout and "test_rope3d" in r.stdout
 
 
-def write(lib, cache: CacheBuffers, x: np.ndarray, rows, row_stride: int | None = None) -> int:
+def write(lib, cache: CacheBuffers, x: np.ndarray, rows, row_stride: int | None = None, flags: int = 0) -> int:
     """x: [n, heads, head_dim] (or a strided [n, >= dim] view's base); returns the status."""
     idx = np.ascontiguousarray(rows, np.int32)
     stride = row_stride if row_stride is not None else cache.heads * cache.head_dim
     return lib.arvc_kv_cache_write_cpu(ctypes.byref(cache.struct), x.ctypes.data, DTYPE[x.dtype.type], stride,
-                                       idx.ctypes.data, len(idx))
+                                       idx.ctypes.data, len(idx), flags)
 
 
 def random_rows(rng, n: int, heads: int, head_dim: int) -> np.ndarray:
@@ -177,6 +178,9 @@ def test_write_errors_leave_cache_unchanged(native, fmt):
     assert write(lib, cache, x, [0, -1, 1]) == ERR_ARGUMENT
     assert write(lib, cache, x, []) == ERR_ARGUMENT  # n = 0
     assert write(lib, cache, x, [0, 1, 2], row_stride=heads * head_dim - 1) == ERR_ARGUMENT
+    assert write(lib, cache, x, [0, 1, 2], flags=2) == ERR_ARGUMENT  # unknown flag bit
+    assert write(lib, cache, x, [0, 1, 2], flags=1 << 31) == ERR_ARGUMENT
+    assert write(lib, cache, x, [0, 4, 1], flags=NO_HOST_SYNC) == ERR_ARGUMENT  # the CPU validates regardless
     for part in ("data", "block_scale", "scale"):
         if getattr(cache, part) is not None:
             assert not getattr(cache, part).any(), part
@@ -185,11 +189,11 @@ def test_write_errors_leave_cache_unchanged(native, fmt):
     bad.struct.format = 9
     assert write(lib, bad, x, [0]) == ERR_FORMAT
     idx = np.zeros(1, np.int32)
-    assert lib.arvc_kv_cache_write_cpu(None, x.ctypes.data, 0, heads * head_dim, idx.ctypes.data, 1) == ERR_ARGUMENT
-    assert lib.arvc_kv_cache_write_cpu(ctypes.byref(cache.struct), None, 0, heads * head_dim, idx.ctypes.data, 1) \
+    assert lib.arvc_kv_cache_write_cpu(None, x.ctypes.data, 0, heads * head_dim, idx.ctypes.data, 1, 0) == ERR_ARGUMENT
+    assert lib.arvc_kv_cache_write_cpu(ctypes.byref(cache.struct), None, 0, heads * head_dim, idx.ctypes.data, 1, 0) \
         == ERR_ARGUMENT
     assert lib.arvc_kv_cache_write_cpu(ctypes.byref(cache.struct), x.ctypes.data, 7, heads * head_dim,
-                                       idx.ctypes.data, 1) == ERR_ARGUMENT  # unknown input dtype
+                                       idx.ctypes.data, 1, 0) == ERR_ARGUMENT  # unknown input dtype
 
 
 def test_write_nvfp4_head_dim_not_block_multiple(native):
@@ -262,7 +266,7 @@ def test_write_bf16_input(native, fmt):
     cache = CacheBuffers(fmt, 8, heads, head_dim)
     idx = np.array([6, 1, 4, 0, 7], np.int32)
     st = lib.arvc_kv_cache_write_cpu(ctypes.byref(cache.struct), x.data_ptr(), 2, heads * head_dim, idx.ctypes.data,
-                                     len(idx))
+                                     len(idx), 0)
     assert st == OK
     exp = expected_parts(fmt, x.float()) if fmt != "fp16" else {"data": x.half().reshape(5, -1).numpy()}
     for part, want in exp.items():

@@ -2,6 +2,7 @@
 GPU or not: a kernel that only builds on the developer's card is caught here, on CPU machines."""
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 from pathlib import Path
@@ -47,3 +48,32 @@ def test_cuda_library_builds_for_all_archs(tmp_path):
                                  check=True).stdout
         missing = [a for a in ARCHS if f".{a}." not in listing]  # "ELF file 1: <lib>.1.sm_89.cubin"
     assert not missing, f"no device code for {missing}"
+    check_host_side_checks(libs[0])
+
+
+def check_host_side_checks(so: Path) -> None:
+    """The CUDA entry points' host-side argument checks run before any CUDA call, so they answer without a
+    device: a call whose only fault is in the new arguments (k-RoPE tables, flags) must be rejected, which
+    catches a header / .cu parameter order mismatch on CPU machines."""
+    import torch
+
+    from arvc.runtime.kernels import CacheTensors
+
+    lib = ctypes.CDLL(str(so))
+    p, i32, i64, u32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint32
+    attn, write = lib.arvc_attention_qcache_cuda, lib.arvc_kv_cache_write_cuda
+    attn.argtypes = [p, i32, i64, i32, p, p, p, p, p, p, p, i64, i32, ctypes.c_float, p, i64, u32, p]
+    write.argtypes = [p, p, i32, i64, p, i32, u32, p]
+    k, v = CacheTensors("int8", 4, 1, 16), CacheTensors("int8", 4, 1, 16)
+    q, out, valid, table = torch.ones(1, 16), torch.empty(1, 16), torch.ones(4, dtype=torch.uint8), torch.zeros(4, 8)
+    rows = torch.zeros(1, dtype=torch.int32)
+
+    def call(cos=None, sin=None, flags=0):
+        return attn(q.data_ptr(), 0, 16, 1, k.address, v.address, valid.data_ptr(), cos, sin, None, None, 0, 0, 1.0,
+                    out.data_ptr(), 16, flags, None)
+
+    assert call(cos=table.data_ptr()) == 1  # ARVC_ERR_ARGUMENT: one table without the other
+    assert call(sin=table.data_ptr()) == 1
+    assert call(flags=2) == 1  # unknown flag bit
+    assert write(k.address, q.data_ptr(), 0, 16, rows.data_ptr(), 1, 2, None) == 1
+    assert write(k.address, q.data_ptr(), 0, 15, rows.data_ptr(), 1, 1, None) == 1  # row stride below a row

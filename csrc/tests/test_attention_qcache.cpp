@@ -48,8 +48,9 @@ arvc_status attend(const std::vector<float> &q, int n_q, const Cache &k, const C
                    std::vector<float> &out) {
     const int dim = k.c.heads * k.c.head_dim;
     out.assign(static_cast<size_t>(n_q) * dim, -1.0f);
-    return arvc_attention_qcache_cpu(q.data(), ARVC_F32, dim, n_q, &k.c, &v.c, valid, k_new ? k_new->data() : nullptr,
-                                     v_new ? v_new->data() : nullptr, dim, n_new, 1.0f, out.data(), dim);
+    return arvc_attention_qcache_cpu(q.data(), ARVC_F32, dim, n_q, &k.c, &v.c, valid, nullptr, nullptr,
+                                     k_new ? k_new->data() : nullptr, v_new ? v_new->data() : nullptr, dim, n_new, 1.0f,
+                                     out.data(), dim, 0);
 }
 
 void test_decode_helpers() {
@@ -152,6 +153,29 @@ void test_nvfp4_and_fresh_rows() {
     for (int d = 0; d < hd; ++d) expect(out[d] == -1.0f, "fresh only: the fresh value");
 }
 
+void test_rope_rotates_cached_keys_only() {
+    // one head, head_dim 2: cached key (1, 0) rotated by 90 degrees is (0, 1); with q = (0, 8) it scores
+    // 8 against the fresh key (0, 0)'s 0, so the cached value dominates (weights e^8 : 1). Unrotated it
+    // would score 0 and the two values would average: the rotation is observable in the output.
+    Cache k(ARVC_KV_FP16, 1, 2, 1), v(ARVC_KV_FP16, 1, 2, 1);
+    k.set_fp16(0, 0, 1.0f);
+    v.set_fp16(0, 0, 1.0f);
+    v.set_fp16(0, 1, 1.0f);
+    const uint8_t valid[1] = {1};
+    const float cos_t[1] = {0.0f}, sin_t[1] = {1.0f};
+    std::vector<float> q = {0.0f, 8.0f}, k_new = {0.0f, 0.0f}, v_new = {0.0f, 0.0f}, out(2);
+    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F32, 2, 1, &k.c, &v.c, valid, cos_t, sin_t, k_new.data(),
+                                     v_new.data(), 2, 1, 1.0f, out.data(), 2, 0) == ARVC_OK,
+           "rope: status");
+    const float w = std::exp(8.0f) / (std::exp(8.0f) + 1.0f);
+    expect(close(out[0], w) && close(out[1], w), "rope: the rotated cached key wins");
+    k_new = {0.0f, 1.0f};  // already rotated by the caller: scores 8 too -> equal weights
+    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F32, 2, 1, &k.c, &v.c, valid, cos_t, sin_t, k_new.data(),
+                                     v_new.data(), 2, 1, 1.0f, out.data(), 2, 0) == ARVC_OK,
+           "rope fresh: status");
+    expect(close(out[0], 0.5f) && close(out[1], 0.5f), "rope: fresh rows are used as passed");
+}
+
 void test_fp16_io() {
     const int hd = 8;
     Cache k(ARVC_KV_INT8, 1, hd, 1), v(ARVC_KV_INT8, 1, hd, 1);
@@ -159,8 +183,8 @@ void test_fp16_io() {
     v.scale[0] = 0.125f;
     const uint8_t valid[1] = {1};
     std::vector<uint16_t> q(hd, arvc_float_to_f16(1.0f)), out(hd, 0);
-    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F16, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, 0, 0, 1.0f,
-                                     out.data(), hd) == ARVC_OK,
+    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F16, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, nullptr, nullptr,
+                                     0, 0, 1.0f, out.data(), hd, 0) == ARVC_OK,
            "fp16 q: status");
     for (int d = 0; d < hd; ++d) expect(arvc_f16_to_float(out[d]) == 0.125f * d, "fp16 out: the value");
 }
@@ -171,10 +195,24 @@ void test_errors() {
     const uint8_t valid[2] = {1, 1}, none[2] = {0, 0};
     std::vector<float> q(hd, 1.0f), out(hd);
     auto call = [&](const arvc_kv_cache *kc, const arvc_kv_cache *vc, const uint8_t *kv_valid, int n_q,
-                    int64_t stride, int32_t dtype = ARVC_F32) {
-        return arvc_attention_qcache_cpu(q.data(), dtype, stride, n_q, kc, vc, kv_valid, nullptr, nullptr, 0, 0, 1.0f,
-                                         out.data(), hd);
+                    int64_t stride, int32_t dtype = ARVC_F32, const float *cos_t = nullptr,
+                    const float *sin_t = nullptr, uint32_t flags = 0) {
+        return arvc_attention_qcache_cpu(q.data(), dtype, stride, n_q, kc, vc, kv_valid, cos_t, sin_t, nullptr,
+                                         nullptr, 0, 0, 1.0f, out.data(), hd, flags);
     };
+    const std::vector<float> table(2 * hd / 2, 0.5f);
+    expect(call(&k.c, &v.c, valid, 1, hd, ARVC_F32, table.data(), table.data()) == ARVC_OK, "rope tables ok");
+    expect(call(&k.c, &v.c, valid, 1, hd, ARVC_F32, table.data(), nullptr) == ARVC_ERR_ARGUMENT, "cos without sin");
+    expect(call(&k.c, &v.c, valid, 1, hd, ARVC_F32, nullptr, table.data()) == ARVC_ERR_ARGUMENT, "sin without cos");
+    expect(call(&k.c, &v.c, valid, 1, hd, ARVC_F32, nullptr, nullptr, 2u) == ARVC_ERR_ARGUMENT, "unknown flag");
+    expect(call(&k.c, &v.c, valid, 1, hd, ARVC_F32, nullptr, nullptr, ARVC_FLAG_NO_HOST_SYNC) == ARVC_OK,
+           "no-host-sync accepted");
+    expect(call(&k.c, &v.c, none, 1, hd, ARVC_F32, nullptr, nullptr, ARVC_FLAG_NO_HOST_SYNC) == ARVC_ERR_ARGUMENT,
+           "the CPU still checks for a key under no-host-sync");
+    Cache odd_k(ARVC_KV_INT8, 1, 15, 2), odd_v(ARVC_KV_INT8, 1, 15, 2);
+    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F32, 15, 1, &odd_k.c, &odd_v.c, valid, table.data(), table.data(),
+                                     nullptr, nullptr, 0, 0, 1.0f, out.data(), 15, 0) == ARVC_ERR_ARGUMENT,
+           "rope tables with an odd head_dim");
     expect(call(&k.c, &v.c, valid, 1, hd) == ARVC_OK, "baseline ok");
     expect(call(&k.c, &v.c, none, 1, hd) == ARVC_ERR_ARGUMENT, "no valid key and no fresh rows");
     expect(call(nullptr, &v.c, valid, 1, hd) == ARVC_ERR_ARGUMENT, "null k cache");
@@ -182,11 +220,11 @@ void test_errors() {
     expect(call(&k.c, &v.c, valid, 0, hd) == ARVC_ERR_ARGUMENT, "n_q = 0");
     expect(call(&k.c, &v.c, valid, 1, hd - 1) == ARVC_ERR_ARGUMENT, "q row stride below the row width");
     expect(call(&k.c, &v.c, valid, 1, hd, 7) == ARVC_ERR_ARGUMENT, "unknown dtype");
-    expect(arvc_attention_qcache_cpu(nullptr, ARVC_F32, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, 0, 0, 1.0f,
-                                     out.data(), hd) == ARVC_ERR_ARGUMENT,
+    expect(arvc_attention_qcache_cpu(nullptr, ARVC_F32, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, nullptr, nullptr, 0,
+                                     0, 1.0f, out.data(), hd, 0) == ARVC_ERR_ARGUMENT,
            "null q");
-    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F32, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, hd, 1, 1.0f,
-                                     out.data(), hd) == ARVC_ERR_ARGUMENT,
+    expect(arvc_attention_qcache_cpu(q.data(), ARVC_F32, hd, 1, &k.c, &v.c, valid, nullptr, nullptr, nullptr, nullptr,
+                                     hd, 1, 1.0f, out.data(), hd, 0) == ARVC_ERR_ARGUMENT,
            "fresh rows without pointers");
     arvc_kv_cache bad = k.c;
     bad.format = 9;
@@ -205,8 +243,8 @@ void test_errors() {
     expect(call(&fp4k.c, &fp4v.c, valid, 1, hd) == ARVC_ERR_FORMAT, "nvfp4 with head_dim 8");
     Cache wide_k(ARVC_KV_INT8, 1, 512, 2), wide_v(ARVC_KV_INT8, 1, 512, 2);
     std::vector<float> q_wide(512), out_wide(512);
-    expect(arvc_attention_qcache_cpu(q_wide.data(), ARVC_F32, 512, 1, &wide_k.c, &wide_v.c, valid, nullptr, nullptr, 0,
-                                     0, 1.0f, out_wide.data(), 512) == ARVC_ERR_UNSUPPORTED,
+    expect(arvc_attention_qcache_cpu(q_wide.data(), ARVC_F32, 512, 1, &wide_k.c, &wide_v.c, valid, nullptr, nullptr,
+                                     nullptr, nullptr, 0, 0, 1.0f, out_wide.data(), 512, 0) == ARVC_ERR_UNSUPPORTED,
            "head_dim above the kernel's bound");
 }
 
@@ -219,6 +257,7 @@ int main() {
     test_invalid_keys_ignored();
     test_nvfp4_and_fresh_rows();
     test_fp16_io();
+    test_rope_rotates_cached_keys_only();
     test_errors();
     if (failures) {
         std::fprintf(stderr, "%d failure(s)\n", failures);

@@ -123,9 +123,10 @@ struct Cache {
     }
 };
 
-// One case: emulated kernel vs the CPU reference, fp32 or fp16 q/out.
+// One case: emulated kernel vs the CPU reference, fp32 or fp16 q/out; rope: random per-row cos/sin
+// tables (window-relative RoPE of the cached keys).
 void check_case(int32_t fmt_k, int32_t fmt_v, int heads, int hd, int rows, int n_q, int n_new, int32_t dtype,
-                int q_pad, unsigned seed) {
+                int q_pad, unsigned seed, bool rope = false) {
     std::mt19937 rng(seed);
     Cache k(fmt_k, heads, hd, rows, rng), v(fmt_v, heads, hd, rows, rng);
     std::vector<uint8_t> valid(rows);
@@ -139,16 +140,24 @@ void check_case(int32_t fmt_k, int32_t fmt_v, int heads, int hd, int rows, int n
         for (size_t e = 0; e < buf.size() / elem; ++e) arvc_store_act(buf.data(), dtype, e, normal(rng));
     };
     fill(q), fill(kn), fill(vn);
+    std::vector<float> cos_t(static_cast<size_t>(rows) * hd / 2), sin_t(cos_t.size());
+    std::uniform_real_distribution<float> angle(-3.2f, 3.2f);
+    for (size_t t = 0; t < cos_t.size(); ++t) {
+        const float a = angle(rng);
+        cos_t[t] = std::cos(a), sin_t[t] = std::sin(a);
+    }
+    const float *cp = rope ? cos_t.data() : nullptr, *sp = rope ? sin_t.data() : nullptr;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const arvc_status st = arvc_attention_qcache_cpu(q.data(), dtype, dim + q_pad, n_q, &k.c, &v.c, valid.data(),
-                                                     kn.data(), vn.data(), dim, n_new, scale, out_cpu.data(), dim);
+    const arvc_status st = arvc_attention_qcache_cpu(q.data(), dtype, dim + q_pad, n_q, &k.c, &v.c, valid.data(), cp,
+                                                     sp, kn.data(), vn.data(), dim, n_new, scale, out_cpu.data(), dim,
+                                                     0);
     if (st != ARVC_OK) {
         std::fprintf(stderr, "FAIL: cpu status %d\n", st);
         ++failures;
         return;
     }
-    launch(AttentionArgs{q.data(), dtype, dim + q_pad, n_q, k.c, v.c, valid.data(), kn.data(), vn.data(), dim, n_new,
-                         scale, out_emu.data(), dim});
+    launch(AttentionArgs{q.data(), dtype, dim + q_pad, n_q, k.c, v.c, valid.data(), cp, sp, kn.data(), vn.data(), dim,
+                         n_new, scale, out_emu.data(), dim});
     float max_ref = 0.0f, max_err = 0.0f;
     for (int64_t e = 0; e < static_cast<int64_t>(n_q) * dim; ++e) {
         const float a = arvc_load(out_cpu.data(), dtype, e), b = arvc_load(out_emu.data(), dtype, e);
@@ -157,10 +166,28 @@ void check_case(int32_t fmt_k, int32_t fmt_v, int heads, int hd, int rows, int n
     }
     const float tol = dtype == ARVC_F32 ? 1e-5f : 2e-3f;
     if (!(max_err <= tol * max_ref)) {
-        std::fprintf(stderr, "FAIL: formats %d/%d heads %d hd %d rows %d n_q %d n_new %d dtype %d: error %g of %g\n",
-                     fmt_k, fmt_v, heads, hd, rows, n_q, n_new, dtype, max_err, max_ref);
+        std::fprintf(stderr,
+                     "FAIL: formats %d/%d heads %d hd %d rows %d n_q %d n_new %d dtype %d rope %d: error %g of %g\n",
+                     fmt_k, fmt_v, heads, hd, rows, n_q, n_new, dtype, int(rope), max_err, max_ref);
         ++failures;
     }
+}
+
+// ARVC_FLAG_NO_HOST_SYNC's documented outcome of an empty key set (no valid row, no fresh row): the
+// kernel itself runs to the end and every output is NaN (0/0), never garbage or a fault.
+void check_no_key_is_nan() {
+    std::mt19937 rng(60);
+    Cache k(ARVC_KV_INT8, 1, 32, 40, rng), v(ARVC_KV_INT8, 1, 32, 40, rng);
+    std::vector<uint8_t> valid(40, 0);
+    std::vector<float> q(3 * 32, 1.0f), out(3 * 32, 0.0f);
+    launch(AttentionArgs{q.data(), ARVC_F32, 32, 3, k.c, v.c, valid.data(), nullptr, nullptr, nullptr, nullptr, 32, 0,
+                         1.0f, out.data(), 32});
+    for (float o : out)
+        if (!std::isnan(o)) {
+            std::fprintf(stderr, "FAIL: no key: output %g is not NaN\n", o);
+            ++failures;
+            return;
+        }
 }
 
 }  // namespace
@@ -170,9 +197,12 @@ int main() {
         // 37 queries: three query tiles, the last partial; 100 rows: four key tiles, one dead, one partial
         check_case(fmt, fmt, 2, 32, 100, 37, 7, ARVC_F32, 0, 10 + fmt);
         check_case(fmt, fmt, 1, 128, 70, 5, 0, ARVC_F16, 3, 20 + fmt);
+        check_case(fmt, fmt, 2, 32, 100, 19, 5, ARVC_F32, 0, 40 + fmt, true);  // rope tables
     }
+    check_case(ARVC_KV_NVFP4, ARVC_KV_FP8, 1, 128, 45, 3, 0, ARVC_F16, 2, 51, true);
     check_case(ARVC_KV_NVFP4, ARVC_KV_INT8, 1, 256, 40, 17, 3, ARVC_F32, 5, 31);  // the widest head_dim
     check_case(ARVC_KV_FP8, ARVC_KV_FP16, 2, 16, 20, 3, 40, ARVC_F32, 0, 32);     // more fresh rows than cached
+    check_no_key_is_nan();
     if (failures) {
         std::fprintf(stderr, "%d failure(s)\n", failures);
         return 1;

@@ -38,7 +38,7 @@ void int8_ties() {
     std::memcpy(x.data(), v, sizeof v);
     Cache c(ARVC_KV_INT8, 3, 1, 16);
     const int32_t row = 2;
-    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 16, &row, 1) == ARVC_OK);
+    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 16, &row, 1, 0) == ARVC_OK);
     const int8_t want[] = {127, 0, 2, 2, 0, -2, -127, 3};
     EXPECT(std::memcmp(c.data.data() + 32, want, sizeof want) == 0);
     EXPECT(c.scale[2] == 1.0f && c.scale[0] == 0.0f && c.scale[1] == 0.0f);
@@ -54,7 +54,7 @@ void fp8_saturation_and_zero_head() {
     std::memcpy(x.data(), v, sizeof v);
     Cache c(ARVC_KV_FP8, 1, 2, 16);
     const int32_t row = 0;
-    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, &row, 1) == ARVC_OK);
+    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, &row, 1, 0) == ARVC_OK);
     const uint8_t want[] = {0x7E, 0xFE, 0x7E, 0x00, 0x82, 0x79};
     EXPECT(std::memcmp(c.data.data(), want, sizeof want) == 0);
     EXPECT(c.scale[0] == 1.0f && c.scale[1] == 1.0f);
@@ -64,7 +64,7 @@ void fp8_saturation_and_zero_head() {
     std::vector<float> y(32, 0.0f);
     y[0] = 1.0f;
     y[1] = -1.0f;
-    EXPECT(arvc_kv_cache_write_cpu(&c.c, y.data(), ARVC_F32, 32, &row, 1) == ARVC_OK);
+    EXPECT(arvc_kv_cache_write_cpu(&c.c, y.data(), ARVC_F32, 32, &row, 1, 0) == ARVC_OK);
     EXPECT(c.data[0] == 0x7E && c.data[1] == 0xFE);
 }
 
@@ -77,7 +77,7 @@ void nvfp4_block() {
     std::memcpy(x.data(), v, sizeof v);
     Cache c(ARVC_KV_NVFP4, 2, 1, 32);
     const int32_t row = 1;
-    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, &row, 1) == ARVC_OK);
+    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, &row, 1, 0) == ARVC_OK);
     EXPECT(c.scale[1] == 1.0f && c.block_scale[2] == 0x7E && c.block_scale[3] == 0x38);
     const uint8_t want[] = {0x7 | 0x5 << 4, 0x2 | 0x9 << 4, 0x0 | 0x2 << 4, 0x6 | 0x8 << 4};
     EXPECT(std::memcmp(c.data.data() + 16, want, sizeof want) == 0);
@@ -92,7 +92,7 @@ void fp16_from_fp32() {
     std::memcpy(x.data(), v, sizeof v);
     Cache c(ARVC_KV_FP16, 1, 1, 4);
     const int32_t row = 0;
-    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 4, &row, 1) == ARVC_OK);
+    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 4, &row, 1, 0) == ARVC_OK);
     uint16_t h[4];
     std::memcpy(h, c.data.data(), sizeof h);
     EXPECT(h[0] == 0x7BFF && h[1] == 0x7C00 && h[2] == 0x0000 && h[3] == 0x8002);
@@ -104,31 +104,39 @@ void errors_write_nothing() {
     for (int32_t format : {ARVC_KV_FP16, ARVC_KV_INT8, ARVC_KV_FP8, ARVC_KV_NVFP4}) {
         Cache c(format, 2, 2, 16);
         x[40] = NAN;  // row 1: a NaN after row 0 was checked fine -> nothing written at all
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2) == ARVC_ERR_NONFINITE);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_NONFINITE);
         x[40] = -INFINITY;
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2) == ARVC_ERR_NONFINITE);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_NONFINITE);
         x[40] = 1.0f;
         const int32_t bad[] = {0, 2};
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, bad, 2) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 0) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, nullptr, ARVC_F32, 32, rows, 2) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, nullptr, 2) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(nullptr, x.data(), ARVC_F32, 32, rows, 2) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 31, rows, 2) == ARVC_ERR_ARGUMENT);
-        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), 5, 32, rows, 2) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, bad, 2, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 0, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, nullptr, ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, nullptr, 2, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(nullptr, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 31, rows, 2, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), 5, 32, rows, 2, 0) == ARVC_ERR_ARGUMENT);
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 2u) == ARVC_ERR_ARGUMENT);  // unknown bit
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 0x80000000u) == ARVC_ERR_ARGUMENT);
+        // the CPU validates even when told not to sync: NO_HOST_SYNC changes nothing here
+        EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, bad, 2, ARVC_FLAG_NO_HOST_SYNC) ==
+               ARVC_ERR_ARGUMENT);
         EXPECT(c.all_zero());
     }
     Cache c(ARVC_KV_INT8, 2, 2, 16);
     c.c.format = 0;
-    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2) == ARVC_ERR_FORMAT);
+    EXPECT(arvc_kv_cache_write_cpu(&c.c, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_FORMAT);
     Cache q(ARVC_KV_NVFP4, 2, 2, 16);
     q.c.head_dim = 24;  // heads * 24 = 48 is a multiple of 16, yet a block would straddle two heads
     q.c.heads = 1;
-    EXPECT(arvc_kv_cache_write_cpu(&q.c, x.data(), ARVC_F32, 32, rows, 2) == ARVC_ERR_FORMAT);
+    EXPECT(arvc_kv_cache_write_cpu(&q.c, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_FORMAT);
     Cache s(ARVC_KV_FP8, 2, 2, 16);
     s.c.scale = nullptr;
-    EXPECT(arvc_kv_cache_write_cpu(&s.c, x.data(), ARVC_F32, 32, rows, 2) == ARVC_ERR_ARGUMENT);
+    EXPECT(arvc_kv_cache_write_cpu(&s.c, x.data(), ARVC_F32, 32, rows, 2, 0) == ARVC_ERR_ARGUMENT);
     EXPECT(c.all_zero() && q.all_zero() && s.all_zero());
+    Cache ok(ARVC_KV_INT8, 2, 2, 16);
+    EXPECT(arvc_kv_cache_write_cpu(&ok.c, x.data(), ARVC_F32, 32, rows, 2, ARVC_FLAG_NO_HOST_SYNC) == ARVC_OK);
+    EXPECT(!ok.all_zero());
 }
 
 }  // namespace
