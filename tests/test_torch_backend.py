@@ -65,6 +65,22 @@ def test_torch_backend_matches_onnx_runtime(plans, recipe):
     assert _psnr(reference, got) >= floor
 
 
+@pytest.mark.parametrize("recipe", RECIPES[1:], ids=lambda r: "-".join(str(x) for x in r[:4]))
+def test_csrc_cache_kernels_match_onnx_runtime(plans, recipe):
+    """The csrc CPU kernels hold the cache in the plan's format (quantized on write, decoded and -- relative
+    RoPE -- rotated inside attention): the same frames as ORT, and the plan's bytes per cached row."""
+    from arvc.quant.kv import kv_row_bytes
+
+    *key, floor = recipe
+    plan = plans[tuple(key)]
+    reference = _video(load(plan, backend="ort"))
+    session = load(plan, backend="torch", device="cpu", cache_ops="csrc")
+    assert session.backend.cache_ops == "csrc"
+    assert _psnr(reference, _video(session)) >= floor
+    cfg, rows = session.cfg, session.backend.cache_rows
+    assert session.backend.kv_cache_bytes == 2 * cfg.num_layers * rows * kv_row_bytes(key[1], cfg.dim, cfg.num_heads)
+
+
 def test_fp8_gemm_path_matches_the_plans_qdq(plans):
     """fp8 weights x fp8 activations as one torch._scaled_mm (CPU has it) equal Q/DQ + fp32 GEMM."""
     plan = plans[("fp8", "fp8", "dynamic", "relative")]
