@@ -171,3 +171,24 @@ def test_run_in_bf16(ckpt, tmp_path):
                  "--dtype", "bf16", "--modulation-bf16", "--steps", "2", "-o", str(out), "--quiet", *SIZE]) == 0
     frames, _ = read_mp4(out)
     assert frames.shape == (8, 32, 32, 3)
+
+
+def test_no_verify_plan_says_it_is_unverified_and_runs_on_the_torch_backend(ckpt, tmp_path, capsys):
+    """--no-verify skips the gate but never hides it (compile, manifest, inspect); --target cuda records the
+    torch backend as the default, which `arvc run --backend torch --device cpu` honours here."""
+    plan = tmp_path / "p.plan"
+    assert main(["compile", str(ckpt), "-o", str(plan), *SIZE, "--window", "6", "--sink", "3", "--no-verify",
+                 "--target", "cuda", "--kv-cache", "int8"]) == 0
+    assert "WITHOUT verification" in capsys.readouterr().out
+    m = json.loads((plan / "manifest.json").read_text())
+    assert m["verification"]["skipped"] and m["verification"]["passed"] is None
+    assert m["target"] == {**m["target"], "name": "cuda", "backend": "torch"}
+    assert main(["inspect", str(plan)]) == 0
+    assert "verification: skipped" in capsys.readouterr().out
+    emb = tmp_path / "emb.safetensors"
+    write_safetensors_atomic(emb, {"context": torch.randn(4, CFG.text_dim)})
+    out = tmp_path / "v.mp4"
+    assert main(["run", str(plan), "--backend", "torch", "--device", "cpu", "--cache-ops", "csrc",
+                 "--prompt-embeds", str(emb), "--seconds", "1", "-o", str(out), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["backend"] == "torch" and summary["frames"] == 16 and out.stat().st_size > 0
