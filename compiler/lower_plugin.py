@@ -33,6 +33,7 @@ graph can be checked on a CPU against dit.onnx (tests/test_trt_plugin_graph.py).
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -42,7 +43,7 @@ from onnx import TensorProto, helper
 from arvc.model.config import WanConfig
 from arvc.quant.kv import kv_parts
 
-from .lower_dit import CacheContext, DitShapes, build_dit_graph
+from .lower_dit import CacheContext, DitShapes, build_dit_graph, per_timestep_scales
 from .onnx_graph import ExternalWeights
 
 PLUGIN_DOMAIN = "arvc"
@@ -51,6 +52,7 @@ PLUGIN_NAMESPACE = "arvc"
 WRITE_OP, ATTENTION_OP = "KVCacheWrite", "AttentionQCache"
 KV_FORMAT_CODES = {"fp16": 1, "int8": 2, "fp8": 3, "nvfp4": 4}  # csrc/arvc_kernels.h arvc_kv_format
 PLUGIN_KV_FORMATS = tuple(KV_FORMAT_CODES)
+HOST_FEEDS_KEY = "arvc.host_feeds"  # metadata_props: JSON {"freq_dim", "act_timesteps"} for dit_host_feeds
 
 
 def plugin_problem(kv_cache: str, kv_sink: str | None = None) -> str | None:
@@ -104,9 +106,14 @@ def build_dit_plugin_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalW
     problem = plugin_problem(shapes.kv_cache, shapes.kv_sink)
     if problem:
         raise ValueError(problem)
-    model = build_dit_graph(cfg, shapes, weights, act_quant, act_timesteps, cache_attention=plugin_cache_attention)
+    model = build_dit_graph(cfg, shapes, weights, act_quant, act_timesteps, cache_attention=plugin_cache_attention,
+                            host_time=True, fp4_weights="qdq")
     model.graph.name = "arvc_dit_trt"
     model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
+    # what the host computes from t (runtime/trt_backend.dit_host_feeds), recorded in the graph it feeds
+    host = {"freq_dim": cfg.freq_dim,
+            "act_timesteps": [float(t) for t in act_timesteps] if per_timestep_scales(act_quant) else []}
+    onnx.helper.set_model_props(model, {HOST_FEEDS_KEY: json.dumps(host)})
     return model
 
 

@@ -8,12 +8,13 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
-from arvc.compiler.lower_dit import DitShapes, build_dit_graph
-from arvc.compiler.lower_plugin import (ATTENTION_OP, PLUGIN_DOMAIN, WRITE_OP, build_dit_plugin_graph, plugin_problem,
-                                        reference_decode, reference_encode, reference_ops)
+from arvc.compiler.lower_dit import DitShapes, build_dit_graph, build_text_graph
+from arvc.compiler.lower_plugin import (ATTENTION_OP, HOST_FEEDS_KEY, PLUGIN_DOMAIN, WRITE_OP, build_dit_plugin_graph,
+                                        plugin_problem, reference_decode, reference_encode, reference_ops)
 from arvc.compiler.onnx_graph import ExternalWeights, save_checked
 from arvc.model.config import WanConfig
 from arvc.quant.kv import kv_round_trip
@@ -21,6 +22,7 @@ from arvc.runtime.kv_cache import CacheGeometry
 from arvc.runtime.ort_backend import OrtBackend
 from arvc.runtime.plan import read_manifest
 from arvc.runtime.schedule import Schedule
+from arvc.runtime.trt_backend import dit_host_feeds
 
 from conftest import SMALL_CFG_ARGS
 
@@ -52,9 +54,15 @@ def test_tensorrt_target_writes_the_plugin_graph_and_its_stage(trt_plan):
     assert not any(n.op_type in ("ScatterND", "Attention") and n.domain == "" and "cache" in "".join(n.output)
                    for n in model.graph.node)
     assert sum(n.op_type == "Attention" for n in model.graph.node) == CFG.num_layers  # cross-attention only
-    # same graph inputs as dit.onnx: a runtime feeds both alike
+    # dit.onnx's graph inputs, except timestep [1] f64: TensorRT has no FP64, the host computes those values
     plain = onnx.load(str(plan / "dit.onnx"), load_external_data=False)
-    assert [(i.name, i.type) for i in model.graph.input] == [(i.name, i.type) for i in plain.graph.input]
+    host = [helper.make_tensor_value_info("time_sinusoid", TensorProto.FLOAT, [1, CFG.freq_dim]),
+            helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [1])]
+    want = [x for i in plain.graph.input for x in (host if i.name == "timestep" else [i])]
+    assert [(i.name, i.type) for i in model.graph.input] == [(i.name, i.type) for i in want]
+    assert json.loads({p.key: p.value for p in model.metadata_props}[HOST_FEEDS_KEY]) == \
+        {"freq_dim": CFG.freq_dim, "act_timesteps": []}
+    assert _double_tensors(plan / "dit_trt.onnx") == [] and _double_tensors(plan / "dit.onnx") != []
     assert [o.name for o in model.graph.output] == [o.name for o in plain.graph.output]
     # in place: every cache output is a KVCacheWrite output, named after the input it aliases
     writes = {o: n for n in custom if n.op_type == WRITE_OP for o in n.output}
@@ -73,20 +81,63 @@ def test_tensorrt_target_refuses_a_cache_without_kernels(small_ckpt, tmp_path, k
     assert "own buffers" in plugin_problem("int8", "fp16") and plugin_problem("nvfp4") is None
 
 
-def _relower(plan, m, tmp_path, kv: str, rope: str):
-    """A copy of the plan with its dit graphs lowered for another cache format / RoPE mode (same weights)."""
-    if (kv, rope) == ("int8", "absolute"):
+PER_T = (1000.0, 500.0, 0.0)  # calibrated timesteps of the per-timestep activation scales below
+
+
+def _act_table(act: str | None) -> tuple[dict, tuple]:
+    """A hand-made activation table: "fp8-per-t" (static fp8, one scale per timestep of PER_T, every FFN input
+    and the attention output projection) or "int8-dynamic" (per token, the q/k/v projections)."""
+    import torch
+
+    from arvc.quant.activations import ActQuant
+
+    if act is None:
+        return {}, ()
+    if act == "fp8-per-t":
+        scale = torch.tensor([0.02, 0.01, 0.005])
+        return ({f"blocks.{i}.{layer}": ActQuant("fp8", "static", scale * (i + 1))
+                 for i in range(CFG.num_layers) for layer in ("ffn.0", "ffn.2", "self_attn.o")}, PER_T)
+    return {f"blocks.{i}.self_attn.{x}": ActQuant("int8", "dynamic") for i in range(CFG.num_layers) for x in "qkv"}, ()
+
+
+def _relower(plan, m, tmp_path, kv: str, rope: str, weights: str = "fp32", act: str | None = None):
+    """A copy of the plan with its dit graphs lowered for another cache format / RoPE mode / weight format /
+    activation quantization (weights re-quantized from the plan's fp32 ones; text.onnx re-lowered with them)."""
+    if (kv, rope, weights, act) == ("int8", "absolute", "fp32", None):
         return plan, m
     new = tmp_path / "p.plan"
     shutil.copytree(plan, new)
     r = m["resolution"]
     shapes = DitShapes(3, r["latent_h"], r["latent_w"], 6, rope, kv)
+    if weights != "fp32":
+        from arvc.checkpoints.safetensors_io import read_safetensors, write_safetensors_atomic
+        from arvc.quant.weights import quantize_state_dict
+
+        sd, _ = read_safetensors(plan / "dit.safetensors")
+        write_safetensors_atomic(new / "dit.safetensors", quantize_state_dict(sd, weights, ())[0])
     w = ExternalWeights(new / "dit.safetensors")
-    save_checked(build_dit_graph(CFG, shapes, w), new / "dit.onnx")
-    save_checked(build_dit_plugin_graph(CFG, shapes, w), new / "dit_trt.onnx")
+    table, steps = _act_table(act)
+    if weights != "fp32":
+        save_checked(build_text_graph(CFG, w), new / "text.onnx")
+    save_checked(build_dit_graph(CFG, shapes, w, table, steps), new / "dit.onnx")
+    save_checked(build_dit_plugin_graph(CFG, shapes, w, table, steps), new / "dit_trt.onnx")
     m = json.loads(json.dumps(m))
-    m["recipe"]["kv_cache"], m["geometry"]["rope"] = kv, rope
+    m["recipe"]["kv_cache"], m["geometry"]["rope"], m["recipe"]["weights"] = kv, rope, weights
     return new, m
+
+
+def _double_tensors(path) -> list[str]:
+    """Every DOUBLE in a graph: inputs, outputs, initializers, value_info after shape inference, Cast targets,
+    tensor attributes (the arvc plugin ops have no shape inference; their outputs stay untyped there)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    g, D = model.graph, TensorProto.DOUBLE
+    found = [f"value {v.name}" for v in (*g.input, *g.output, *g.value_info) if v.type.tensor_type.elem_type == D]
+    found += [f"initializer {t.name}" for t in g.initializer if t.data_type == D]
+    for n in g.node:
+        for a in n.attribute:
+            if (n.op_type == "Cast" and a.name == "to" and a.i == D) or (a.HasField("t") and a.t.data_type == D):
+                found.append(f"{n.op_type} {n.name or n.output[0]}")
+    return found
 
 
 def _feeds(rng, m, call: int, rope: str) -> dict:
@@ -103,17 +154,26 @@ def _feeds(rng, m, call: int, rope: str) -> dict:
     return feeds
 
 
-@pytest.mark.parametrize("kv,rope", [("int8", "absolute"), ("fp8", "relative"), ("nvfp4", "absolute"),
-                                     ("nvfp4", "relative"), ("fp16", "relative")])
-def test_plugin_graph_matches_the_ort_plan(trt_plan, tmp_path, kv, rope):
+@pytest.mark.parametrize("kv,rope,weights,act", [
+    ("int8", "absolute", "fp32", None), ("fp8", "relative", "fp32", None), ("nvfp4", "absolute", "fp32", None),
+    ("nvfp4", "relative", "fp32", None), ("fp16", "relative", "fp32", None),
+    ("int8", "absolute", "nvfp4", None), ("fp8", "relative", "fp8", "fp8-per-t"),
+    ("nvfp4", "absolute", "int8", "int8-dynamic")])
+def test_plugin_graph_matches_the_ort_plan(trt_plan, tmp_path, kv, rope, weights, act):
     """Three runs of the same two calls: dit_trt.onnx and dit.onnx under onnx's ReferenceEvaluator (identical
     numpy arithmetic up to layer 0's cache ops, so layer 0's cache bytes must be EXACTLY equal; later layers
     see attention outputs that differ in the last bits (torch vs onnx's Attention), so there: scales to 1e-5
     relative, decoded rows to one quantization step; x0 within 1e-5 of its max), and dit.onnx under ONNX Runtime through OrtBackend.run_dit (in-place buffers): x0 within 1e-4 of its
     max. Against ORT the cache bytes are not compared exactly: ORT's fp32 GEMMs differ from numpy's in the last
     bit, which moves a per-head scale by an ulp and can flip a code at a rounding boundary; there the scales
-    must agree to 1e-5 relative and the decoded rows to one quantization step."""
-    plan, m = _relower(*trt_plan, tmp_path, kv, rope)
+    must agree to 1e-5 relative and the decoded rows to one quantization step.
+    dit_trt.onnx gets dit_host_feeds(t) (time_sinusoid, sigma, act_timestep_index) where dit.onnx gets timestep;
+    the weight-quantized cases decode NVFP4 weights with FP4 DequantizeLinear there and bit ops in dit.onnx."""
+    plan, m = _relower(*trt_plan, tmp_path, kv, rope, weights, act)
+    assert _double_tensors(plan / "dit_trt.onnx") == []
+    host = json.loads({p.key: p.value for p in onnx.load(str(plan / "dit_trt.onnx"), load_external_data=False)
+                       .metadata_props}[HOST_FEEDS_KEY])
+    assert host == {"freq_dim": CFG.freq_dim, "act_timesteps": list(PER_T) if act == "fp8-per-t" else []}
     ort = OrtBackend(plan, m, threads=1)
     plugin = ReferenceEvaluator(onnx.load(str(plan / "dit_trt.onnx")), new_ops=reference_ops())
     plain = ReferenceEvaluator(onnx.load(str(plan / "dit.onnx")))
@@ -128,9 +188,11 @@ def test_plugin_graph_matches_the_ort_plan(trt_plan, tmp_path, kv, rope):
         feeds = _feeds(rng, m, call, rope)
         x0_ort = ort.run_dit(feeds)
         x0 = {}
-        for r, ev in (("plugin", plugin), ("plain", plain)):
+        trt_feeds = {k: v for k, v in feeds.items() if k != "timestep"} | \
+            dit_host_feeds(float(feeds["timestep"][0]), host["freq_dim"], host["act_timesteps"])
+        for r, ev, f in (("plugin", plugin, trt_feeds), ("plain", plain, feeds)):
             got = dict(zip([o.name for o in ev.proto_.graph.output],
-                           ev.run(None, {**feeds, **{n: v.numpy() for n, v in cross}, **states[r]})))
+                           ev.run(None, {**f, **{n: v.numpy() for n, v in cross}, **states[r]})))
             states[r], x0[r] = {n: got[out_name[n]] for n in cache_inputs}, got["x0"]
         peak = np.abs(x0_ort).max()
         assert np.abs(x0["plugin"] - x0["plain"]).max() <= 1e-5 * peak, call
