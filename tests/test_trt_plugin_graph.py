@@ -140,6 +140,42 @@ def _double_tensors(path) -> list[str]:
     return found
 
 
+def _check_standard_qdq(path, weights: str, act: str | None) -> None:
+    """dit_trt.onnx: only standard-domain ops besides the arvc plugins; int8/fp8 weights are
+    DequantizeLinear(weight, per-channel scale, axis=0), NVFP4 weights FP4 DequantizeLinear, activations
+    QuantizeLinear -> DequantizeLinear in the standard domain (fp8: E4M3FN zero point, saturate); per-timestep
+    scales picked by Gather on the act_timestep_index input (no ArgMin, no bit ops)."""
+    model = onnx.load(str(path), load_external_data=False)
+    nodes, inits = model.graph.node, {t.name: t for t in model.graph.initializer}
+    assert {n.domain for n in nodes} <= {"", PLUGIN_DOMAIN}
+    assert not any(n.op_type in ("ArgMin", "BitShift", "BitwiseAnd") for n in nodes)
+    dq_of = {n.input[0]: n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    stored_type = {"int8": TensorProto.INT8, "fp8": TensorProto.FLOAT8E4M3FN, "nvfp4": TensorProto.FLOAT4E2M1}
+    weight_dq = [n for w, n in dq_of.items() if w.endswith(".weight")]
+    assert len(weight_dq) == (0 if weights == "fp32" else 8 * CFG.num_layers)
+    for n in weight_dq:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        assert inits[n.input[0]].data_type == stored_type[weights]
+        assert attrs == ({"axis": 0} if weights != "nvfp4" else {"axis": 1, "block_size": 16})
+    table, _ = _act_table(act)
+    q = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    assert len(q) == len(table)
+    inputs = {i.name: i for i in model.graph.input}
+    assert ("act_timestep_index" in inputs) == (act == "fp8-per-t")
+    if act == "fp8-per-t":
+        t = inputs["act_timestep_index"].type.tensor_type
+        assert t.elem_type == TensorProto.INT32 and len(t.shape.dim) == 0
+    for n in q:
+        zp = inits[n.input[2]]
+        assert zp.data_type == (TensorProto.FLOAT8E4M3FN if act == "fp8-per-t" else TensorProto.INT8)
+        consumers = [c for c in nodes if n.output[0] in c.input]
+        assert [c.op_type for c in consumers] == ["DequantizeLinear"] and list(consumers[0].input[1:]) == list(n.input[1:])
+        if act == "fp8-per-t":
+            assert {a.name: a.i for a in n.attribute} == {"saturate": 1}
+            scale = next(c for c in nodes if n.input[1] in c.output)
+            assert scale.op_type == "Gather" and scale.input[1] == "act_timestep_index"
+
+
 def _feeds(rng, m, call: int, rope: str) -> dict:
     r = m["resolution"]
     T, N, Nk, half = r["tokens_per_frame"], r["tokens_per_block"], r["cache_tokens"], CFG.head_dim // 2
@@ -174,6 +210,7 @@ def test_plugin_graph_matches_the_ort_plan(trt_plan, tmp_path, kv, rope, weights
     host = json.loads({p.key: p.value for p in onnx.load(str(plan / "dit_trt.onnx"), load_external_data=False)
                        .metadata_props}[HOST_FEEDS_KEY])
     assert host == {"freq_dim": CFG.freq_dim, "act_timesteps": list(PER_T) if act == "fp8-per-t" else []}
+    _check_standard_qdq(plan / "dit_trt.onnx", weights, act)
     ort = OrtBackend(plan, m, threads=1)
     plugin = ReferenceEvaluator(onnx.load(str(plan / "dit_trt.onnx")), new_ops=reference_ops())
     plain = ReferenceEvaluator(onnx.load(str(plan / "dit.onnx")))
@@ -269,3 +306,137 @@ def test_reference_write_op_stores_the_bytes_of_the_graph_encoders(kv):
     for part, got in zip(bufs.values(), mine):
         want = outs[part.replace("_0", "_out_0")]
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), part
+
+
+def _subgraph(model, outputs: list[str]):
+    """The nodes of ``model`` that ``outputs`` depend on, as a model of their own (inputs: the graph inputs they
+    read; initializers as in the model, external data included when loaded)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name: i for i in model.graph.input}
+    nodes, seen, stack = [], set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in seen or name in inits or name in graph_inputs or not name:
+            continue
+        seen.add(name)
+        node = producer[name]
+        if node not in nodes:
+            nodes.append(node)
+            stack.extend(node.input)
+    used = {i for n in nodes for i in n.input}
+    order = {id(n): k for k, n in enumerate(model.graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    ins, consts = [graph_inputs[i] for i in graph_inputs if i in used], [inits[i] for i in inits if i in used]
+
+    def make(outs):
+        return helper.make_model(helper.make_graph(nodes, "sub", ins, outs, consts),
+                                 opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+    typed = {v.name: v for v in onnx.shape_inference.infer_shapes(make([])).graph.value_info}  # ORT wants types
+    return make([typed.get(o) or helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs])
+
+
+def test_host_feeds_are_the_ort_graph_f64_values(trt_plan, tmp_path):
+    """dit_host_feeds(t) against the f64 ops of dit.onnx (the sinusoid Cast, the sigma Cast, the per-timestep
+    scale ArgMin), run by ONNX Runtime and by onnx's reference: identical bits, ties to the first timestep."""
+    import onnxruntime as ort
+
+    plan, _ = _relower(*trt_plan, tmp_path, "int8", "absolute", act="fp8-per-t")
+    model = onnx.load(str(plan / "dit.onnx"), load_external_data=False)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    casts = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] in producer]
+    sinusoid = next(n.output[0] for n in casts if producer[n.input[0]].op_type == "Concat")
+    sigma = next(n.output[0] for n in casts if producer[n.input[0]].op_type == "Div")
+    argmin = next(n.output[0] for n in model.graph.node if n.op_type == "ArgMin")
+    sub = _subgraph(model, [sinusoid, sigma, argmin])
+    assert [i.name for i in sub.graph.input] == ["timestep"]
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ReferenceEvaluator(sub)
+    for t in (1000.0, 999.9, 937.5, 750.0, 500.0, 250.0, 250.3, 17.0, 1.0, 0.5, 0.0):
+        mine = dit_host_feeds(t, CFG.freq_dim, PER_T)
+        assert mine["time_sinusoid"].dtype == np.float32 and mine["time_sinusoid"].shape == (1, CFG.freq_dim)
+        assert mine["sigma"].dtype == np.float32 and mine["sigma"].shape == (1,)
+        assert mine["act_timestep_index"].dtype == np.int32 and mine["act_timestep_index"].shape == ()
+        for run in (lambda f: session.run(None, f), lambda f: reference.run(None, f)):
+            s, g, i = run({"timestep": np.array([t], np.float64)})
+            assert s.tobytes() == mine["time_sinusoid"].tobytes(), t
+            assert g.dtype == np.float32 and g.tobytes() == mine["sigma"].tobytes(), t
+            assert int(i) == int(mine["act_timestep_index"]), t
+    assert [int(dit_host_feeds(t, CFG.freq_dim, PER_T)["act_timestep_index"]) for t in (750.0, 250.0)] == [0, 1]
+    assert set(dit_host_feeds(1.0, CFG.freq_dim)) == {"time_sinusoid", "sigma"}
+
+
+def _spec_fp4_decode(packed: np.ndarray, block_scale: np.ndarray, scale_2: np.ndarray) -> np.ndarray:
+    """NVFP4 from the ONNX spec's definitions alone (not quant/formats.py, not onnx.reference): 4-bit elements
+    two per byte, the first in the low nibble; FLOAT4E2M1 = sign bit 3, exponent bits 2-1 (bias 1), mantissa
+    bit 0; FLOAT8E4M3FN = sign, 4 exponent bits (bias 7), 3 mantissa bits, 0x7f/0xff NaN; DequantizeLinear
+    y = x * scale in fp32 with the block scale = DequantizeLinear(e4m3, scale_2)."""
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.int64)
+    e, m = (codes >> 1) & 3, codes & 1
+    mag = np.where(e == 0, m * 0.5, 2.0 ** (e - 1) * (1 + m / 2))
+    x = np.where(codes & 8, -mag, mag).astype(np.float32)
+    b = block_scale.astype(np.int64)
+    be, bm = (b >> 3) & 15, b & 7
+    bmag = np.where(be == 0, bm / 8 * 2.0 ** -6, 2.0 ** (be - 7) * (1 + bm / 8))
+    bmag = np.where((b & 127) == 127, np.nan, bmag)
+    s = (np.where(b & 128, -bmag, bmag).astype(np.float32) * np.float32(scale_2)).astype(np.float32)
+    return (x.reshape(x.shape[0], -1, 16) * s[..., None]).reshape(x.shape).astype(np.float32)
+
+
+def test_nvfp4_weights_are_fp4_dequantize_linear_of_the_same_bytes(trt_plan, tmp_path):
+    """In dit_trt.onnx every NVFP4 weight is DequantizeLinear(FLOAT4E2M1 [out, in] initializer at dit.onnx's own
+    external bytes, DequantizeLinear(E4M3 [out, in/16], scale_2 f32), axis=1, block_size=16); decoded by onnx's
+    reference evaluator, by a numpy decoder written from the ONNX spec, by ONNX Runtime on dit.onnx's bit-op
+    decode and by quant/weights.dequantize_weight: the same fp32 bits, for every weight of a real plan."""
+    import onnxruntime as ort
+    import torch
+
+    from arvc.checkpoints.safetensors_io import read_safetensors
+    from arvc.quant.weights import dequantize_weight
+
+    plan, _ = _relower(*trt_plan, tmp_path, "int8", "absolute", weights="nvfp4")
+    trt = onnx.load(str(plan / "dit_trt.onnx"))
+    plain = onnx.load(str(plan / "dit.onnx"), load_external_data=False)
+    plain_loaded = onnx.load(str(plan / "dit.onnx"))
+    stored, _ = read_safetensors(plan / "dit.safetensors")
+    inits = {t.name: t for t in onnx.load(str(plan / "dit_trt.onnx"), load_external_data=False).graph.initializer}
+    plain_inits = {t.name: t for t in plain.graph.initializer}
+    producer = {o: n for n in trt.graph.node for o in n.output}
+    fp4 = [n for n in trt.graph.node if n.op_type == "DequantizeLinear" and
+           inits.get(n.input[0]) is not None and inits[n.input[0]].data_type == TensorProto.FLOAT4E2M1]
+    quantized = sorted(k for k, v in stored.items() if v.dtype == torch.uint8 and k + "_scale_2" in stored
+                       and ".cross_attn.k." not in k and ".cross_attn.v." not in k)  # those two: text.onnx
+    assert len(quantized) == 8 * CFG.num_layers and sorted(n.input[0] for n in fp4) == quantized
+    assert not any(n.op_type in ("BitShift", "BitwiseAnd", "ArgMin") for n in trt.graph.node)
+    gemm_b = {n.input[1] for n in plain.graph.node if n.op_type == "Gemm"}
+    for node in fp4:
+        name = node.input[0]
+        out, half = stored[name].shape
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs == {"axis": 1, "block_size": 16} and len(node.input) == 2
+        w = inits[name]
+        assert list(w.dims) == [out, 2 * half] and w.data_location == TensorProto.EXTERNAL
+        assert list(w.external_data) == list(plain_inits[name].external_data)  # location, offset, length
+        inner = producer[node.input[1]]
+        assert inner.op_type == "DequantizeLinear" and list(inner.input) == [f"{name}_scale", f"{name}_scale_2"]
+        assert inits[f"{name}_scale"].data_type == TensorProto.FLOAT8E4M3FN
+        assert list(inits[f"{name}_scale"].dims) == [out, 2 * half // 16]
+        assert inits[f"{name}_scale_2"].data_type == TensorProto.FLOAT
+        want = dequantize_weight({"": stored[name], "_scale": stored[name + "_scale"],
+                                  "_scale_2": stored[name + "_scale_2"]}, "nvfp4").numpy()
+        (got,) = ReferenceEvaluator(_subgraph(trt, [node.output[0]])).run(None, {})
+        assert got.dtype == np.float32 and got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes(), name
+        spec = _spec_fp4_decode(stored[name].numpy(), stored[name + "_scale"].view(torch.uint8).numpy(),
+                                stored[name + "_scale_2"].numpy())
+        assert spec.tobytes() == want.tobytes(), name
+        # dit.onnx: the Gemm's weight operand (the bit-op decode), run by ONNX Runtime
+        (decoded,) = [b for b in gemm_b if _subgraph_reads(plain, b, name)]
+        sub = _subgraph(plain_loaded, [decoded])
+        (ort_w,) = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+        assert ort_w.tobytes() == want.tobytes(), name
+
+
+def _subgraph_reads(model, value: str, initializer: str) -> bool:
+    sub = _subgraph(model, [value])
+    return any(initializer == i for n in sub.graph.node for i in n.input)
