@@ -13,6 +13,8 @@ dit graph, per call (F frames of T tokens, N = F*T; cache of Nk = capacity_frame
           key_valid [Nk] bool (rows attended) · rope_q_cos / rope_q_sin [1,N,Dh/2]
           (relative RoPE only) rope_k_cos / rope_k_sin [1,Nk,Dh/2]
   outputs x0 [1,C,F,H,W] f32 (= latents - t/1000 * v) · k_cache_out_i / v_cache_out_i (and every part's _out)
+  (host_time, the TensorRT graph: no f64; timestep is replaced by time_sinusoid [1,freq_dim] f32, sigma [1] f32
+  and, with per-timestep activation scales, act_timestep_index [] i32, computed on the host from t)
 """
 from __future__ import annotations
 

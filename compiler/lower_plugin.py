@@ -23,7 +23,14 @@ back to fp32 with standard ops and runs the opset-23 ``Attention``, this graph h
     attrs    format, heads, head_dim, softmax_scale (float), rope_k (int: 1 when the k tables are inputs),
              plugin_version "1", plugin_namespace "arvc"
 
-The graph inputs are dit.onnx's (same names, shapes and types: ``write_index`` stays [N,1] i64 and
+No FP64 (TensorRT has none): instead of dit.onnx's ``timestep [1] f64`` the graph takes ``time_sinusoid`` [1,
+freq_dim] f32, ``sigma`` [1] f32 and, with per-timestep activation scales, ``act_timestep_index`` [] i32, which
+the runtime computes from t exactly as dit.onnx does (runtime/trt_backend.dit_host_feeds; the parameters are
+recorded in the model's metadata_props under HOST_FEEDS_KEY). NVFP4 weights are FLOAT4E2M1
+DequantizeLinear (block 16) with a DequantizeLinear'd E4M3 scale (compiler/lower_quant.dequantize), the
+pattern TensorRT fuses into an FP4 GEMM, on the same bytes as dit.onnx's bit-op decode.
+
+The other graph inputs are dit.onnx's (same names, shapes and types: ``write_index`` stays [N,1] i64 and
 ``key_valid`` stays bool, so a runtime feeds both graphs alike); a Reshape+Cast gives the plugins int32 row
 indices and a Cast uint8 validity. Plugins exist only for the formats the kernels implement: fp16, int8,
 fp8, nvfp4, one set of buffers per cache (no separate sink format); ``plugin_problem`` says why not.

@@ -16,7 +16,9 @@ run_dit, reset_vae, run_vae, kv_cache_bytes, vae_state_bytes, kv_addresses, late
   library sha256), written atomically (temp file + rename), so a changed plan, GPU, TensorRT or plugin
   build never loads a stale engine. Engines are derived files: deleting the cache only costs a rebuild.
 - Execution: ``execute_async_v3`` on one torch CUDA stream; feeds are copied into preallocated device
-  buffers; run_dit returns x0 as a host numpy array (a copy).
+  buffers; run_dit returns x0 as a host numpy array (a copy). run_dit takes dit.onnx's feeds: dit_trt.onnx has no
+  FP64 input, so ``timestep`` becomes ``dit_host_feeds(t)`` (time_sinusoid, sigma, act_timestep_index), computed
+  on the host with dit.onnx's f64 arithmetic and the parameters dit_trt.onnx records (``arvc.host_feeds``).
 
 Nothing here imports tensorrt at module import: without it the constructor raises RuntimeError with
 ``tensorrt_problem()``'s reason, so `arvc selftest --target tensorrt` and the CLI can say why.
