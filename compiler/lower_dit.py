@@ -13,6 +13,8 @@ dit graph, per call (F frames of T tokens, N = F*T; cache of Nk = capacity_frame
           key_valid [Nk] bool (rows attended) · rope_q_cos / rope_q_sin [1,N,Dh/2]
           (relative RoPE only) rope_k_cos / rope_k_sin [1,Nk,Dh/2]
   outputs x0 [1,C,F,H,W] f32 (= latents - t/1000 * v) · k_cache_out_i / v_cache_out_i (and every part's _out)
+  (host_time, the TensorRT graph: no f64; timestep is replaced by time_sinusoid [1,freq_dim] f32, sigma [1] f32
+  and, with per-timestep activation scales, act_timestep_index [] i32, computed on the host from t)
 """
 from __future__ import annotations
 
@@ -78,12 +80,20 @@ def build_text_graph(cfg: WanConfig, weights: ExternalWeights):
     return g.model()
 
 
-def _time_embedding(g: GraphBuilder, cfg: WanConfig, t: str) -> tuple[str, str]:
+def time_frequencies(freq_dim: int) -> np.ndarray:
+    """[1, freq_dim/2] f64: the sinusoid's frequencies (the dit graph's constant; hosts computing the sinusoid
+    themselves, as the TensorRT runtime does, must use exactly these)."""
+    half = freq_dim // 2
+    return np.power(10000.0, -np.arange(half, dtype=np.float64) / half)[None, :]
+
+
+def _time_embedding(g: GraphBuilder, cfg: WanConfig, t: str, sinusoid: str | None = None) -> tuple[str, str]:
     # t: [1] f64 -> e [1, dim], e0 [6, dim]; the sinusoid is computed in f64 as the reference does
-    half = cfg.freq_dim // 2
-    freqs = np.power(10000.0, -np.arange(half, dtype=np.float64) / half)[None, :]
-    arg = g.op("Mul", [g.op("Unsqueeze", [t, g.const([1], np.int64)]), g.const(freqs, np.float64)])
-    s = g.op("Cast", [g.op("Concat", [g.op("Cos", [arg]), g.op("Sin", [arg])], axis=1)], to=F32)
+    # (or, host_time graphs, given: sinusoid [1, freq_dim] f32 = Cast(f32) of the f64 cos|sin)
+    if sinusoid is None:
+        arg = g.op("Mul", [g.op("Unsqueeze", [t, g.const([1], np.int64)]), g.const(time_frequencies(cfg.freq_dim), np.float64)])
+        sinusoid = g.op("Cast", [g.op("Concat", [g.op("Cos", [arg]), g.op("Sin", [arg])], axis=1)], to=F32)
+    s = sinusoid
     e = g.linear(g.silu(g.linear(s, "time_embedding.0")), "time_embedding.2")
     e0 = g.op("Reshape", [g.linear(g.silu(e), "time_projection.1"), g.const([6, cfg.dim], np.int64)])
     return e, e0
@@ -143,10 +153,21 @@ def standard_cache_attention(ctx: CacheContext) -> Callable[[int, str, str, str]
     return attend
 
 
+def per_timestep_scales(act_quant: dict | None) -> bool:
+    """Whether some quantized activation picks its scale by the call's timestep (a static per-timestep table)."""
+    return any(q.mode != "dynamic" and q.scale.dim() > 0 for q in (act_quant or {}).values())
+
+
 def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights, act_quant: dict | None = None,
-                    act_timesteps: tuple[float, ...] = (), cache_attention: CacheAttention | None = None):
+                    act_timesteps: tuple[float, ...] = (), cache_attention: CacheAttention | None = None,
+                    host_time: bool = False, fp4_weights: str = "bitops"):
     """act_quant: layer -> quant/activations.ActQuant, the GEMM inputs quantized (Q/DQ) in this graph.
-    cache_attention: the self-attention cache emitter (default: standard ONNX ops, see CacheContext)."""
+    cache_attention: the self-attention cache emitter (default: standard ONNX ops, see CacheContext).
+    host_time: no f64 anywhere: instead of ``timestep [1] f64`` the inputs ``time_sinusoid [1, freq_dim] f32``,
+    ``sigma [1] f32`` and (per-timestep activation scales only) ``act_timestep_index [] i32``, which the host
+    computes from t exactly as the default graph does (runtime/trt_backend.dit_host_feeds).
+    fp4_weights: how NVFP4 weights are decoded, compiler/lower_quant.dequantize ("bitops": standard integer ops,
+    what ONNX Runtime's CPU provider runs; "qdq": FLOAT4E2M1 DequantizeLinear, what TensorRT fuses)."""
     g = GraphBuilder("arvc_dit", weights)
     d, H, L = cfg.dim, cfg.num_heads, cfg.text_len
     C, F, hl, wl = cfg.in_channels, shapes.frames, shapes.latent_h, shapes.latent_w
@@ -155,7 +176,14 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
     half_head = cfg.head_dim // 2
 
     latents = g.input("latents", F32, [1, C, F, hl, wl])
-    t = g.input("timestep", F64, [1])
+    if host_time:
+        t = None
+        sinusoid, sigma = g.input("time_sinusoid", F32, [1, cfg.freq_dim]), g.input("sigma", F32, [1])
+        if per_timestep_scales(act_quant):
+            g.act_timestep_index = g.input("act_timestep_index", TensorProto.INT32, [])
+    else:
+        t, sinusoid, sigma = g.input("timestep", F64, [1]), None, None
+    g.fp4_weights = fp4_weights
     g.act_quant, g.act_rows, g.act_timesteps, g.timestep = dict(act_quant or {}), N, tuple(act_timesteps), t
     cross = [(g.input(f"cross_k_{i}", F32, [1, L, d]), g.input(f"cross_v_{i}", F32, [1, L, d]))
              for i in range(cfg.num_layers)]
@@ -176,7 +204,7 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
     y = g.op("Conv", [latents, g.weight("patch_embedding.weight"), g.weight("patch_embedding.bias")],
              kernel_shape=list(cfg.patch_size), strides=list(cfg.patch_size))
     x = g.op("Transpose", [g.op("Reshape", [y, g.const([d, N], np.int64)])], perm=[1, 0])
-    e, e0 = _time_embedding(g, cfg, t)
+    e, e0 = _time_embedding(g, cfg, t, sinusoid)
 
     to3 = g.const([1, N, d], np.int64)
     to2 = g.const([N, d], np.int64)
@@ -223,6 +251,7 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
     u = g.op("Reshape", [out, g.const([F // p0, hp, wp, p0, p1, p2, cfg.out_channels], np.int64)])
     u = g.op("Transpose", [u], perm=[6, 0, 3, 1, 4, 2, 5])
     v = g.op("Reshape", [u, g.const([1, cfg.out_channels, F, hl, wl], np.int64)])
-    sigma = g.op("Cast", [g.op("Div", [t, g.const(1000.0, np.float64)])], to=F32)
+    if sigma is None:
+        sigma = g.op("Cast", [g.op("Div", [t, g.const(1000.0, np.float64)])], to=F32)
     g.output(g.op("Sub", [latents, g.op("Mul", [v, sigma])]), "x0", F32, [1, C, F, hl, wl])
     return g.model()

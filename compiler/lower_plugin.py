@@ -23,7 +23,14 @@ back to fp32 with standard ops and runs the opset-23 ``Attention``, this graph h
     attrs    format, heads, head_dim, softmax_scale (float), rope_k (int: 1 when the k tables are inputs),
              plugin_version "1", plugin_namespace "arvc"
 
-The graph inputs are dit.onnx's (same names, shapes and types: ``write_index`` stays [N,1] i64 and
+No FP64 (TensorRT has none): instead of dit.onnx's ``timestep [1] f64`` the graph takes ``time_sinusoid`` [1,
+freq_dim] f32, ``sigma`` [1] f32 and, with per-timestep activation scales, ``act_timestep_index`` [] i32, which
+the runtime computes from t exactly as dit.onnx does (runtime/trt_backend.dit_host_feeds; the parameters are
+recorded in the model's metadata_props under HOST_FEEDS_KEY). NVFP4 weights are FLOAT4E2M1
+DequantizeLinear (block 16) with a DequantizeLinear'd E4M3 scale (compiler/lower_quant.dequantize), the
+pattern TensorRT fuses into an FP4 GEMM, on the same bytes as dit.onnx's bit-op decode.
+
+The other graph inputs are dit.onnx's (same names, shapes and types: ``write_index`` stays [N,1] i64 and
 ``key_valid`` stays bool, so a runtime feeds both graphs alike); a Reshape+Cast gives the plugins int32 row
 indices and a Cast uint8 validity. Plugins exist only for the formats the kernels implement: fp16, int8,
 fp8, nvfp4, one set of buffers per cache (no separate sink format); ``plugin_problem`` says why not.
@@ -33,6 +40,7 @@ graph can be checked on a CPU against dit.onnx (tests/test_trt_plugin_graph.py).
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -42,7 +50,7 @@ from onnx import TensorProto, helper
 from arvc.model.config import WanConfig
 from arvc.quant.kv import kv_parts
 
-from .lower_dit import CacheContext, DitShapes, build_dit_graph
+from .lower_dit import CacheContext, DitShapes, build_dit_graph, per_timestep_scales
 from .onnx_graph import ExternalWeights
 
 PLUGIN_DOMAIN = "arvc"
@@ -51,6 +59,7 @@ PLUGIN_NAMESPACE = "arvc"
 WRITE_OP, ATTENTION_OP = "KVCacheWrite", "AttentionQCache"
 KV_FORMAT_CODES = {"fp16": 1, "int8": 2, "fp8": 3, "nvfp4": 4}  # csrc/arvc_kernels.h arvc_kv_format
 PLUGIN_KV_FORMATS = tuple(KV_FORMAT_CODES)
+HOST_FEEDS_KEY = "arvc.host_feeds"  # metadata_props: JSON {"freq_dim", "act_timesteps"} for dit_host_feeds
 
 
 def plugin_problem(kv_cache: str, kv_sink: str | None = None) -> str | None:
@@ -104,9 +113,14 @@ def build_dit_plugin_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalW
     problem = plugin_problem(shapes.kv_cache, shapes.kv_sink)
     if problem:
         raise ValueError(problem)
-    model = build_dit_graph(cfg, shapes, weights, act_quant, act_timesteps, cache_attention=plugin_cache_attention)
+    model = build_dit_graph(cfg, shapes, weights, act_quant, act_timesteps, cache_attention=plugin_cache_attention,
+                            host_time=True, fp4_weights="qdq")
     model.graph.name = "arvc_dit_trt"
     model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
+    # what the host computes from t (runtime/trt_backend.dit_host_feeds), recorded in the graph it feeds
+    host = {"freq_dim": cfg.freq_dim,
+            "act_timesteps": [float(t) for t in act_timesteps] if per_timestep_scales(act_quant) else []}
+    onnx.helper.set_model_props(model, {HOST_FEEDS_KEY: json.dumps(host)})
     return model
 
 

@@ -6,6 +6,10 @@
 - nvfp4: ONNX Runtime's CPU provider has no FP4 DequantizeLinear, so the packed bytes are decoded with
   BitwiseAnd / BitShift, a 16-entry Gather table, and the E4M3 block scales via DequantizeLinear with the
   fp32 global scale.
+  With ``g.fp4_weights == "qdq"`` (the TensorRT dit graph) instead the pattern TensorRT fuses into an FP4 GEMM:
+  the packed bytes as a FLOAT4E2M1 [out, in] initializer (the same external bytes: ONNX packs 4-bit
+  elements two per byte, element 2i in the low nibble, which is the plan's layout), and
+  ``DequantizeLinear(w, DequantizeLinear(weight_scale, weight_scale_2), axis=1, block_size=16)``.
 - activations (``quantize_activation``): QuantizeLinear -> DequantizeLinear on the GEMM input, static
   (calibrated constant, or a per-timestep table indexed by the call's timestep) or dynamic (per token).
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from arvc.quant.formats import E2M1_VALUES
+from arvc.quant.formats import E2M1_VALUES, NVFP4_BLOCK
 
 
 def dequantize(g, name: str, fmt: str) -> str:
@@ -25,6 +29,11 @@ def dequantize(g, name: str, fmt: str) -> str:
         return g.op("DequantizeLinear", [w, scale], axis=0)
     out, half = g.weights.shape(name)
     cols = 2 * half
+    if getattr(g, "fp4_weights", "bitops") == "qdq":
+        fp4 = g.initializers[name]
+        fp4.data_type, fp4.dims[:] = TensorProto.FLOAT4E2M1, [out, cols]  # same external bytes, 2 codes a byte
+        block_scale = g.op("DequantizeLinear", [scale, g.initializer(f"{name}_scale_2")])  # [out, in/16] f32
+        return g.op("DequantizeLinear", [w, block_scale], axis=1, block_size=NVFP4_BLOCK)
     lo = g.op("BitwiseAnd", [w, g.const(15, np.uint8)])
     hi = g.op("BitShift", [w, g.const(4, np.uint8)], direction="RIGHT")
     axis = g.const([-1], np.int64)
@@ -64,10 +73,12 @@ def quantize_activation(g, x: str, q, rows: int, timesteps: tuple[float, ...], t
     elif q.scale.dim() == 0:
         scale, zp, axis = g.const(float(q.scale)), _zero_point(g, q.format, []), {}
     else:
-        if timestep is None:
-            raise ValueError("per-timestep activation scales need the graph's timestep input")
-        distance = g.op("Abs", [g.op("Sub", [g.const(list(timesteps), np.float64), timestep])])
-        index = g.op("ArgMin", [distance], axis=0, keepdims=0, select_last_index=0)  # ties: the first, as torch
+        index = getattr(g, "act_timestep_index", None)  # host_time graphs: the host's ArgMin, an input
+        if index is None:
+            if timestep is None:
+                raise ValueError("per-timestep activation scales need the graph's timestep input")
+            distance = g.op("Abs", [g.op("Sub", [g.const(list(timesteps), np.float64), timestep])])
+            index = g.op("ArgMin", [distance], axis=0, keepdims=0, select_last_index=0)  # ties: the first, as torch
         scale = g.op("Gather", [g.const(q.scale.numpy()), index], axis=0)
         zp, axis = _zero_point(g, q.format, []), {}
     quantized = g.op("QuantizeLinear", [x, scale, zp], saturate=1, **axis) if q.format == "fp8" else \

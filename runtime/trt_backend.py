@@ -16,7 +16,9 @@ run_dit, reset_vae, run_vae, kv_cache_bytes, vae_state_bytes, kv_addresses, late
   library sha256), written atomically (temp file + rename), so a changed plan, GPU, TensorRT or plugin
   build never loads a stale engine. Engines are derived files: deleting the cache only costs a rebuild.
 - Execution: ``execute_async_v3`` on one torch CUDA stream; feeds are copied into preallocated device
-  buffers; run_dit returns x0 as a host numpy array (a copy).
+  buffers; run_dit returns x0 as a host numpy array (a copy). run_dit takes dit.onnx's feeds: dit_trt.onnx has no
+  FP64 input, so ``timestep`` becomes ``dit_host_feeds(t)`` (time_sinusoid, sigma, act_timestep_index), computed
+  on the host with dit.onnx's f64 arithmetic and the parameters dit_trt.onnx records (``arvc.host_feeds``).
 
 Nothing here imports tensorrt at module import: without it the constructor raises RuntimeError with
 ``tensorrt_problem()``'s reason, so `arvc selftest --target tensorrt` and the CLI can say why.
@@ -109,6 +111,39 @@ def tensorrt_problem(manifest: dict | None = None) -> str | None:
         return (f"the arvc TensorRT plugin library ({PLUGIN_LIBRARY}) is not built: configure with TensorRT "
                 "found (cmake -B build -DTENSORRT_ROOT=/path/to/TensorRT) and build, or set ARVC_TRT_PLUGINS to it")
     return None
+
+
+# -- the dit graph's host-computed inputs ---------------------------------------------------------------------
+HOST_FEEDS_KEY = "arvc.host_feeds"  # = compiler/lower_plugin.HOST_FEEDS_KEY (dit_trt.onnx metadata_props)
+
+
+def dit_host_feeds(t: float, freq_dim: int, act_timesteps=()) -> dict[str, np.ndarray]:
+    """What dit_trt.onnx takes instead of ``timestep [1] f64`` (TensorRT has no FP64), computed on the host
+    exactly as dit.onnx computes it in its f64 ops (same numpy expressions, same rounding):
+
+    time_sinusoid [1, freq_dim] f32 = Cast(f32)(cos(t * freqs) | sin(t * freqs)) in f64
+    sigma [1] f32 = Cast(f32)(t / 1000) in f64
+    act_timestep_index [] i32 (only with per-timestep activation scales) = ArgMin |act_timesteps - t|, the
+    first on ties"""
+    t64 = np.asarray(t, np.float64).reshape(1)
+    half = freq_dim // 2
+    freqs = np.power(10000.0, -np.arange(half, dtype=np.float64) / half)[None, :]  # = lower_dit.time_frequencies
+    arg = t64[:, None] * freqs
+    feeds = {"time_sinusoid": np.concatenate([np.cos(arg), np.sin(arg)], axis=1).astype(np.float32),
+             "sigma": (t64 / np.float64(1000.0)).astype(np.float32)}
+    if len(act_timesteps):
+        distance = np.abs(np.asarray(act_timesteps, np.float64) - t64)
+        feeds["act_timestep_index"] = np.array(np.argmin(distance), np.int32)  # numpy: the first minimum
+    return feeds
+
+
+def dit_host_feed_params(onnx_path: Path) -> dict:
+    """{"freq_dim", "act_timesteps"} recorded in dit_trt.onnx (None when the graph still takes ``timestep``)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return json.loads(props[HOST_FEEDS_KEY]) if HOST_FEEDS_KEY in props else None
 
 
 # -- engine cache ---------------------------------------------------------------------------------------------
@@ -280,6 +315,7 @@ class TensorRTBackend:
         self.stream = torch.cuda.Stream()
         self.text = engine(stages["text"]["graph"], "text")
         self.dit = engine(stages["dit_trt"]["graph"], "dit")
+        self.host_feeds = dit_host_feed_params(plan_dir / stages["dit_trt"]["graph"])
         self.vae_first = engine(stages["vae"]["graphs"]["first"], "vae_first")
         self.vae = engine(stages["vae"]["graphs"]["steady"], "vae")
         te = stages.get("text_encoder")
@@ -299,7 +335,7 @@ class TensorRTBackend:
                     self._dit_ctx.set_tensor_address(name, buf.data_ptr())
                     self._dit_ctx.set_tensor_address(out, buf.data_ptr())
         for name in self.dit.inputs():
-            if not name.startswith(("k_", "v_", "cross_")):  # feeds: latents, timestep, write_index, key_valid, rope
+            if not name.startswith(("k_", "v_", "cross_")):  # feeds: latents, time_sinusoid, sigma, write_index, key_valid, rope
                 self._dit_buffers[name] = self.dit.empty(name)
                 self._dit_ctx.set_tensor_address(name, self._dit_buffers[name].data_ptr())
         self._x0 = self.dit.empty("x0")
@@ -380,9 +416,14 @@ class TensorRTBackend:
             self._dit_ctx.set_tensor_address(name, t.data_ptr())
 
     def run_dit(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One dit call; the KV cache is updated in place; returns x0 (a host copy)."""
+        """One dit call; the KV cache is updated in place; returns x0 (a host copy). ``timestep`` (as fed to
+        dit.onnx) becomes dit_trt.onnx's host-computed inputs (dit_host_feeds)."""
         import torch
 
+        if "timestep" in feeds and "timestep" not in self._dit_buffers and self.host_feeds is not None:
+            feeds = dict(feeds)
+            t = float(np.asarray(feeds.pop("timestep"), np.float64).reshape(-1)[0])
+            feeds.update(dit_host_feeds(t, self.host_feeds["freq_dim"], self.host_feeds["act_timesteps"]))
         with torch.cuda.stream(self.stream):
             for name, arr in feeds.items():
                 _copy_in(self._dit_buffers[name], arr)

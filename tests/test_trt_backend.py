@@ -93,3 +93,61 @@ def test_engine_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         tb.write_atomic(path, b"partial")
     assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
+
+
+def test_host_feeds_from_t():
+    """dit_trt.onnx has no FP64 (TensorRT has none): the host computes what dit.onnx computes from timestep in f64
+    (bit-equality with dit.onnx's ops: tests/test_trt_plugin_graph.py). Hand-checked values here."""
+    import numpy as np
+
+    f = tb.dit_host_feeds(500.0, 8, (1000.0, 500.0, 0.0))
+    freqs = 10000.0 ** (-np.arange(4) / 4)
+    assert f["time_sinusoid"].dtype == np.float32 and f["time_sinusoid"].shape == (1, 8)
+    assert np.array_equal(f["time_sinusoid"][0], np.concatenate([np.cos(500 * freqs), np.sin(500 * freqs)]).astype(np.float32))
+    assert f["sigma"].dtype == np.float32 and f["sigma"].tolist() == [np.float32(0.5)]
+    assert f["act_timestep_index"].dtype == np.int32 and f["act_timestep_index"].shape == () and int(f["act_timestep_index"]) == 1
+    assert int(tb.dit_host_feeds(750.0, 8, (1000.0, 500.0, 0.0))["act_timestep_index"]) == 0  # tie: the first
+    assert int(tb.dit_host_feeds(1.0, 8, (1000.0, 500.0, 0.0))["act_timestep_index"]) == 2
+    assert set(tb.dit_host_feeds(1.0, 8)) == {"time_sinusoid", "sigma"}
+    assert tb.dit_host_feeds(0.0, 8)["time_sinusoid"].tolist() == [[1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+def test_run_dit_turns_timestep_into_the_host_feeds(monkeypatch, tmp_path):
+    """TensorRTBackend.run_dit takes dit.onnx's feeds (what runtime/plan_session.py passes) and fills the dit_trt
+    engine's time_sinusoid / sigma / act_timestep_index buffers from timestep, with the parameters recorded in
+    dit_trt.onnx (no TensorRT here: the backend's buffers are CPU tensors and the engine call is recorded)."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["sigma"], ["x0"])], "g",
+                              [helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {tb.HOST_FEEDS_KEY: '{"freq_dim": 8, "act_timesteps": [1000.0, 500.0, 0.0]}'})
+    onnx.save(model, str(tmp_path / "dit_trt.onnx"))
+    params = tb.dit_host_feed_params(tmp_path / "dit_trt.onnx")
+    assert params == {"freq_dim": 8, "act_timesteps": [1000.0, 500.0, 0.0]}
+    onnx.save(helper.make_model(graph), str(tmp_path / "old.onnx"))
+    assert tb.dit_host_feed_params(tmp_path / "old.onnx") is None
+
+    backend = tb.TensorRTBackend.__new__(tb.TensorRTBackend)  # no TensorRT: only what run_dit touches
+    backend.host_feeds, backend.stream, backend._dit_ctx = params, None, "ctx"
+    backend._dit_buffers = {"latents": torch.zeros(1, 3), "write_index": torch.zeros(2, 1, dtype=torch.int64),
+                            "time_sinusoid": torch.zeros(1, 8), "sigma": torch.zeros(1),
+                            "act_timestep_index": torch.full((), -1, dtype=torch.int32)}
+    backend._x0 = torch.arange(3.0)
+    calls = []
+    monkeypatch.setattr(tb, "_run", lambda ctx, stream, what: calls.append((ctx, what)))
+    feeds = {"latents": np.ones((1, 3), np.float32), "timestep": np.array([250.3], np.float64),
+             "write_index": np.array([[4], [5]], np.int64)}
+    x0 = backend.run_dit(feeds)
+    assert calls == [("ctx", "dit")] and x0.tolist() == [0.0, 1.0, 2.0] and "timestep" in feeds
+    want = tb.dit_host_feeds(250.3, 8, (1000.0, 500.0, 0.0))
+    for name, value in want.items():
+        got = backend._dit_buffers[name].numpy()
+        assert got.dtype == value.dtype and got.shape == value.shape and got.tobytes() == value.tobytes(), name
+    assert int(want["act_timestep_index"]) == 1
+    assert backend._dit_buffers["latents"].tolist() == [[1.0, 1.0, 1.0]]
+    assert backend._dit_buffers["write_index"].flatten().tolist() == [4, 5]
