@@ -191,7 +191,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     if opts.target == "tensorrt":  # the TensorRT dit graph reads the cache through the arvc kernels
         from .lower_plugin import plugin_problem
 
-        problem = plugin_problem(recipe.kv_cache, recipe.kv_sink)
+        problem = plugin_problem(recipe.kv_cache, recipe.kv_sink, recipe.activations, recipe.act_scales)
         if problem:
             raise CompileError(problem)
     if recipe.weights in TORCH_DTYPES:
@@ -217,6 +217,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
         from .lower_plugin import build_dit_plugin_graph, plugin_stage
 
         save_checked(build_dit_plugin_graph(cfg, shapes, dit_w, act_table, act_timesteps), tmp / "dit_trt.onnx")
+        # NVFP4 cross-attention K/V weights as FP4 DequantizeLinear (TensorRT takes no bit ops)
+        save_checked(build_text_graph(cfg, dit_w, fp4_weights="qdq"), tmp / "text_trt.onnx")
     t0 = step("lower text + dit graphs", t0)
     for name, model in build_vae_graphs(vae, latent_hw, ExternalWeights(tmp / "vae.safetensors")).items():
         save_checked(model, tmp / f"{name}.onnx")
@@ -229,6 +231,8 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     if opts.target == "tensorrt":
         stages["dit_trt"] = {"graph": "dit_trt.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights,
                              "compute": recipe.compute, "plugins": plugin_stage()}
+        stages["text_trt"] = {"graph": "text_trt.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights,
+                              "compute": recipe.compute}
     model = {"dit": cfg.to_dict(), "vae": vae.config.to_dict(), "text_encoder": None}
     if encoder is not None:
         save_checked(build_text_encoder_graph(encoder, ExternalWeights(tmp / "text_encoder.safetensors")),

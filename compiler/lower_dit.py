@@ -64,9 +64,11 @@ def _modulate(g: GraphBuilder, x: str, shift: str, scale: str) -> str:
     return g.op("Add", [g.op("Mul", [x, g.op("Add", [scale, g.const(1.0)])]), shift])
 
 
-def build_text_graph(cfg: WanConfig, weights: ExternalWeights):
-    """context [1, L, text_dim] -> cross_k_i, cross_v_i [1, L, dim] for every layer."""
+def build_text_graph(cfg: WanConfig, weights: ExternalWeights, fp4_weights: str = "bitops"):
+    """context [1, L, text_dim] -> cross_k_i, cross_v_i [1, L, dim] for every layer. fp4_weights: as
+    build_dit_graph's ("qdq" for TensorRT's text graph)."""
     g = GraphBuilder("arvc_text", weights)
+    g.fp4_weights = fp4_weights
     L, d = cfg.text_len, cfg.dim
     ctx = g.op("Reshape", [g.input("context", F32, [1, L, cfg.text_dim]), g.const([L, cfg.text_dim], np.int64)])
     h = g.op("Gelu", [g.linear(ctx, "text_embedding.0")], approximate="tanh")

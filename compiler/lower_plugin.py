@@ -62,8 +62,16 @@ PLUGIN_KV_FORMATS = tuple(KV_FORMAT_CODES)
 HOST_FEEDS_KEY = "arvc.host_feeds"  # metadata_props: JSON {"freq_dim", "act_timesteps"} for dit_host_feeds
 
 
-def plugin_problem(kv_cache: str, kv_sink: str | None = None) -> str | None:
-    """Why a plan with this KV-cache recipe has no plugin graph (None: it has one)."""
+def plugin_problem(kv_cache: str, kv_sink: str | None = None, activations: str | None = None,
+                   act_scales: str = "per-layer") -> str | None:
+    """Why a plan with this recipe has no TensorRT graph (None: it has one)."""
+    if activations == "dynamic" or (activations == "static" and act_scales == "per-timestep"):
+        # TensorRT's QuantizeLinear takes only build-time constant scales; a per-token or per-call scale
+        # would be rejected at build time, or rewritten without the low-precision GEMM fusion
+        what = "dynamic" if activations == "dynamic" else "per-timestep"
+        return (f"--target tensorrt: {what} activation scales are computed at run time, and TensorRT's quantize "
+                "layers take only build-time constant scales; use --activations static --act-scales per-layer "
+                "(or weight-only quantization, --activations none) for TensorRT, or --target cuda for this recipe")
     if kv_cache not in KV_FORMAT_CODES:
         return (f"--target tensorrt needs a KV-cache format the arvc kernels implement "
                 f"(--kv-cache {'|'.join(PLUGIN_KV_FORMATS)}); --kv-cache {kv_cache} has no cache kernel "

@@ -313,7 +313,7 @@ class TensorRTBackend:
             return _Engine(trt, self._runtime, data, what)
 
         self.stream = torch.cuda.Stream()
-        self.text = engine(stages["text"]["graph"], "text")
+        self.text = engine(stages.get("text_trt", stages["text"])["graph"], "text")
         self.dit = engine(stages["dit_trt"]["graph"], "dit")
         self.host_feeds = dit_host_feed_params(plan_dir / stages["dit_trt"]["graph"])
         self.vae_first = engine(stages["vae"]["graphs"]["first"], "vae_first")

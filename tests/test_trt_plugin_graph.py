@@ -81,6 +81,28 @@ def test_tensorrt_target_refuses_a_cache_without_kernels(small_ckpt, tmp_path, k
     assert "own buffers" in plugin_problem("int8", "fp16") and plugin_problem("nvfp4") is None
 
 
+@pytest.mark.parametrize("act, scales", [("dynamic", "per-layer"), ("static", "per-timestep")])
+def test_tensorrt_target_refuses_run_time_activation_scales(act, scales):
+    """TensorRT's quantize layers take build-time constant scales only: the recipe is refused up front."""
+    problem = plugin_problem("int8", None, act, scales)
+    assert "build-time constant" in problem and "--act-scales per-layer" in problem
+    assert plugin_problem("int8", None, "static", "per-layer") is None
+
+
+def test_text_trt_graph_decodes_nvfp4_with_fp4_dequantize_linear(trt_plan, tmp_path):
+    """text_trt.onnx (no bit ops) gives the cross-attention K/V that text.onnx gives under ONNX Runtime."""
+    import onnxruntime as ort
+
+    plan, _ = _relower(*trt_plan, tmp_path, "int8", "absolute", weights="nvfp4")
+    trt = onnx.load(str(plan / "text_trt.onnx"))
+    assert not any(n.op_type in ("BitShift", "BitwiseAnd") for n in trt.graph.node)
+    ctx = np.random.default_rng(0).standard_normal((1, CFG.text_len, CFG.text_dim)).astype(np.float32)
+    want = ort.InferenceSession(str(plan / "text.onnx"), providers=["CPUExecutionProvider"]).run(None, {"context": ctx})
+    got = ReferenceEvaluator(trt).run(None, {"context": ctx})
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(np.abs(w).max()))
+
+
 PER_T = (1000.0, 500.0, 0.0)  # calibrated timesteps of the per-timestep activation scales below
 
 
@@ -119,6 +141,7 @@ def _relower(plan, m, tmp_path, kv: str, rope: str, weights: str = "fp32", act: 
     table, steps = _act_table(act)
     if weights != "fp32":
         save_checked(build_text_graph(CFG, w), new / "text.onnx")
+        save_checked(build_text_graph(CFG, w, fp4_weights="qdq"), new / "text_trt.onnx")
     save_checked(build_dit_graph(CFG, shapes, w, table, steps), new / "dit.onnx")
     save_checked(build_dit_plugin_graph(CFG, shapes, w, table, steps), new / "dit_trt.onnx")
     m = json.loads(json.dumps(m))
