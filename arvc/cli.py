@@ -569,8 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["torch", "ort", "tensorrt"],
                    help="plans: ort (ONNX Runtime, CPU), torch (PyTorch + csrc kernels + CUDA graphs), tensorrt; "
                         "default: the plan's compile target. Checkpoints run on the PyTorch reference (torch)")
-    r.add_argument("--cache-ops", choices=["auto", "csrc", "torch"], default="auto",
-                   help="torch backend: self-attention cache ops (csrc kernels on the quantized cache, or torch ops)")
+    r.add_argument("--cache-ops", choices=["auto", "csrc", "triton", "torch"], default="auto",
+                   help="torch backend: self-attention cache ops: the csrc or Triton kernel on the quantized cache "
+                        "(auto: the faster, timed at load), or torch ops")
     r.add_argument("--no-cuda-graph", action="store_true", help="torch backend: run the DiT eagerly")
     r.add_argument("--threads", type=int, help="ONNX Runtime threads per stage (default: physical cores)")
     r.add_argument("--vae", help="Wan VAE .safetensors (original or diffusers names)")

@@ -12,7 +12,8 @@ arvc variants (plans compiled here with --no-verify: a 1.3B parity gate does not
 kernels and the backend are checked by the tests and `arvc selftest --target cuda`):
     bf16                 bf16 weights, unquantized cache (bf16), CUDA graph, VAE overlapped on its own stream
     fp8-weights          FP8 weights x dynamic FP8 activations as torch._scaled_mm (sm_89+)
-    fp8-kv, int8-kv      bf16 weights, cache quantized on write and read in place by the csrc kernels
+    fp8-kv, int8-kv      bf16 weights, cache quantized on write (csrc) and read in place by the faster of the
+                         csrc and Triton attention kernels (timed when the backend loads; both times recorded)
     fp8-kv/torch-ops     the same plan with the torch cache ops (decode(encode) emulation, no graph): the check
 
 Per variant: frames per second including VAE decode, time to first frame, per-stage times (DiT call, VAE
@@ -159,7 +160,8 @@ def run_arvc(plan: Path, name: str, backend_opts: dict, context: np.ndarray, arg
             "dit_call_ms": 1000 * st.dit_s / gen_calls, "block_ms": 1000 * float(np.mean(st.block_s)),
             "vae_frame_ms": 1000 * st.vae_s / latents, "text_s": st.text_s, "overlap": st.overlap,
             "kv_cache_bytes": b.kv_cache_bytes, "peak_gib": peak_gib(dev), "cache_ops": b.cache_ops,
-            "cuda_graph": b.cuda_graph, "fp8_gemm_layers": len(b.dit.fp8_layers)}
+            "cuda_graph": b.cuda_graph, "fp8_gemm_layers": len(b.dit.fp8_layers),
+            "attention_ms_at_load": {k: round(1000 * v, 3) for k, v in getattr(b.cache, "timings", {}).items()}}
 
 
 def backend_options(opts: dict) -> dict:

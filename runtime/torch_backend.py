@@ -103,7 +103,8 @@ class TorchBackend:
         sink_rows = geom["sink"] * res["tokens_per_frame"]
         layout = CacheLayout(self.cache_rows, cfg.dim, cfg.num_heads, recipe.get("kv_cache", "fp32"),
                              recipe.get("kv_sink"), sink_rows)
-        self.cache = make_cache_ops(cache_ops, layout, cfg.num_layers, self.dtype, self.device)
+        self.cache = make_cache_ops(cache_ops, layout, cfg.num_layers, self.dtype, self.device,
+                                    n_q=fpb * res["tokens_per_frame"])
         self.cache_ops = self.cache.name
         self.inputs = DitInputs.allocate(cfg, self.latent_block, fpb * res["tokens_per_frame"], self.cache_rows,
                                          geom["rope"] == "relative", self.device)

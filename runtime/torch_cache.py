@@ -3,8 +3,11 @@ attend every valid row. Two implementations of one contract (``attend(layer, q, 
 
 - ``KernelCacheOps`` (csrc/, through runtime/kernels.py): the cache is held in the plan's format (fp16,
   INT8, FP8, NVFP4 with per-token-per-head scales), quantized once on write by ``kv_cache_write`` and read
-  by ``attention_qcache``, which decodes inside the kernel (and applies window-relative RoPE to the keys
-  there) so no higher-precision copy of the cache ever exists. CUDA-graph capturable.
+  by an attention kernel that decodes inside it (and applies window-relative RoPE to the keys there), so
+  no higher-precision copy of the cache ever exists: csrc's ``attention_qcache`` (fp32 CUDA cores) or the
+  Triton kernel of runtime/triton_attention.py (tensor cores), which read the same buffers. On CUDA,
+  ``auto`` times both on the plan's shapes when the backend loads and keeps the faster; the other is the
+  check (tests). CUDA-graph capturable.
 - ``TorchCacheOps``: plain torch. Unquantized caches (fp32 held in the compute dtype, fp16) are written
   with ``index_copy_`` and read by SDPA (capturable); quantized formats are emulated by storing
   decode(encode(x)) (quant/kv.py) in the compute dtype: the reference the kernels are checked against,
@@ -86,10 +89,10 @@ class TorchCacheOps:
 
 
 class KernelCacheOps:
-    name = "csrc"
     capturable = True
 
-    def __init__(self, layout: CacheLayout, layers: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, layout: CacheLayout, layers: int, dtype: torch.dtype, device: torch.device,
+                 attention: str = "csrc"):
         problem = kernel_problem(layout, dtype)
         if problem:
             raise ValueError(problem)
@@ -97,12 +100,23 @@ class KernelCacheOps:
 
         self.layout, self.dtype = layout, dtype
         self.kernels = Kernels(device)
+        self.use(attention)
         head_dim = layout.dim // layout.heads
         self.caches = [[CacheTensors(layout.fmt, layout.rows, layout.heads, head_dim, device) for _ in "kv"]
                        for _ in range(layers)]
         # validation passes read device memory on the host, which a CUDA graph cannot contain; the runtime's
         # SlotMap produces the rows and valid flags, so they are in range by construction
         self.no_host_sync = device.type == "cuda"
+
+    def use(self, attention: str) -> None:
+        """Which kernel reads the cache: "csrc" or "triton" (both read these buffers; csrc always writes)."""
+        if attention == "triton":
+            from .triton_attention import attention as triton_attention
+
+            self._triton = triton_attention
+        elif attention != "csrc":
+            raise ValueError(f"attention kernel {attention!r} unknown; choose csrc or triton")
+        self.name = attention
 
     @property
     def nbytes(self) -> int:
@@ -121,10 +135,37 @@ class KernelCacheOps:
         rows = inp.write_rows.to(torch.int32)
         self.kernels.kv_cache_write(kc, k, rows, no_host_sync=self.no_host_sync)
         self.kernels.kv_cache_write(vc, v, rows, no_host_sync=self.no_host_sync)
+        return self.attention(q, kc, vc, inp.key_valid, None if inp.k_cos is None else (inp.k_cos, inp.k_sin))
+
+    def attention(self, q, kc, vc, key_valid, rope) -> torch.Tensor:
         out = torch.empty_like(q)
-        rope = None if inp.k_cos is None else (inp.k_cos, inp.k_sin)
-        return self.kernels.attention(q, kc, vc, inp.key_valid.view(torch.uint8), out, k_rope=rope,
+        if self.name == "triton":
+            return self._triton(q, kc, vc, key_valid, out, k_rope=rope, check=not self.no_host_sync)
+        return self.kernels.attention(q, kc, vc, key_valid.view(torch.uint8), out, k_rope=rope,
                                       no_host_sync=self.no_host_sync)
+
+    def time_attention(self, n_q: int, repeats: int = 5) -> float:
+        """Median seconds of one layer's attention over a full cache (the steady state) on random data."""
+        import time
+
+        kc, vc = self.caches[0]
+        lay, dev = self.layout, kc.data.device
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(lay.rows, lay.dim, generator=g, device=dev, dtype=self.dtype)
+        rows = torch.arange(lay.rows, dtype=torch.int32, device=dev)
+        self.kernels.kv_cache_write(kc, x, rows)
+        self.kernels.kv_cache_write(vc, x, rows)
+        q = torch.randn(n_q, lay.dim, generator=g, device=dev, dtype=self.dtype)
+        valid = torch.ones(lay.rows, dtype=torch.bool, device=dev)
+        times = []
+        for _ in range(repeats + 1):  # the first call compiles / loads the kernel
+            torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            self.attention(q, kc, vc, valid, None)
+            torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - t0)
+        self.reset()
+        return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def kernel_problem(layout: CacheLayout, dtype: torch.dtype) -> str | None:
@@ -138,12 +179,37 @@ def kernel_problem(layout: CacheLayout, dtype: torch.dtype) -> str | None:
     return None
 
 
-def make_cache_ops(choice: str, layout: CacheLayout, layers: int, dtype: torch.dtype, device: torch.device):
-    """choice: torch | csrc | auto (csrc on CUDA where it can hold the cache, else torch)."""
+def triton_problem(device: torch.device) -> str | None:
+    """Why the Triton attention kernel cannot run here (None: it can)."""
+    if device.type != "cuda":
+        return "the Triton attention kernel runs on CUDA devices"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install triton, the version matching your torch)"
+    return None
+
+
+def make_cache_ops(choice: str, layout: CacheLayout, layers: int, dtype: torch.dtype, device: torch.device,
+                   n_q: int = 1):
+    """choice: torch | csrc | triton | auto. auto: on CUDA, where the kernels can hold the cache, the faster of
+    the csrc and Triton attention kernels, timed here on n_q queries over a full cache (``timings``); torch
+    otherwise."""
     if choice == "auto":
-        choice = "csrc" if device.type == "cuda" and kernel_problem(layout, dtype) is None else "torch"
+        if device.type != "cuda" or kernel_problem(layout, dtype) is not None:
+            return TorchCacheOps(layout, layers, dtype, device)
+        ops = KernelCacheOps(layout, layers, dtype, device)
+        ops.timings = {"csrc": ops.time_attention(n_q)}
+        if triton_problem(device) is None:
+            ops.use("triton")
+            ops.timings["triton"] = ops.time_attention(n_q)
+            if ops.timings["csrc"] <= ops.timings["triton"]:
+                ops.use("csrc")
+        return ops
     if choice == "torch":
         return TorchCacheOps(layout, layers, dtype, device)
-    if choice == "csrc":
-        return KernelCacheOps(layout, layers, dtype, device)
-    raise ValueError(f"cache_ops {choice!r} unknown; choose torch, csrc or auto")
+    if choice in ("csrc", "triton"):
+        if choice == "triton" and triton_problem(device):
+            raise ValueError(f"cache_ops='triton': {triton_problem(device)}")
+        return KernelCacheOps(layout, layers, dtype, device, choice)
+    raise ValueError(f"cache_ops {choice!r} unknown; choose torch, csrc, triton or auto")

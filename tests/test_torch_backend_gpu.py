@@ -66,6 +66,21 @@ def test_cuda_plan_matches_the_cpu_plan(plans, kv, rope):
     assert _psnr(reference, _video(session)) >= 60.0
 
 
+def test_triton_attention_path_matches_the_cpu_plan(plans):
+    pytest.importorskip("triton")
+    plan = plans[("fp8", "relative")]
+    reference = _video(load(plan, backend="ort"))
+    session = load(plan, backend="torch", device="cuda", dtype="fp32", cache_ops="triton", fp8_gemm=False)
+    assert session.backend.cache_ops == "triton" and session.backend.cuda_graph
+    assert _psnr(reference, _video(session)) >= 60.0
+
+
+def test_auto_cache_ops_time_the_kernels_and_keep_the_faster(plans):
+    session = load(plans[("int8", "absolute")], backend="torch", device="cuda")
+    timings = session.backend.cache.timings
+    assert session.backend.cache_ops == min(timings, key=timings.get) and all(t > 0 for t in timings.values())
+
+
 def test_cuda_graph_replay_equals_eager(plans):
     plan = plans[("int8", "relative")]
     eager = _video(load(plan, backend="torch", device="cuda", cuda_graph=False))
