@@ -120,7 +120,7 @@ class TorchBackend:
         self._dit_stream = torch.cuda.Stream(self.device) if on_cuda else None
         self._vae_stream = torch.cuda.Stream(self.device) if on_cuda else None
 
-        vae_dtype = DTYPES[vae_dtype or ("fp16" if on_cuda else "fp32")]
+        vae_dtype = DTYPES[vae_dtype or (dtype if on_cuda else "fp32")]  # the baseline decodes in its compute dtype too
         self.vae = _vae_module(plan_dir, manifest, self.device, vae_dtype)
         self.vae_state = self.vae.init_state(1, res["latent_h"], res["latent_w"])
         te = manifest["stages"].get("text_encoder")
