@@ -23,7 +23,6 @@ not handle bf16 CPU tensors correctly; use fp32 / fp16 q there.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -51,7 +50,7 @@ def _e4m3(b):
     sub = man.to(tl.float32) * 0.001953125  # man / 8 * 2^-6
     v = tl.where(ex == 0, sub, normal)
     v = tl.where(mag == 0x7F, float("nan"), v)
-    return tl.where((b & 0x80) != 0, -v, v)
+    return (v.to(tl.int32, bitcast=True) | ((b & 0x80) << 24)).to(tl.float32, bitcast=True)  # the sign, -0 too
 
 
 @triton.jit
@@ -62,7 +61,7 @@ def _e2m1(c):
     half = (m & 1).to(tl.float32) * 0.5
     pow2 = tl.where(e == 1, 1.0, tl.where(e == 2, 2.0, 4.0))
     v = tl.where(e == 0, half, (1.0 + half) * pow2)
-    return tl.where((c & 8) != 0, -v, v)
+    return (v.to(tl.int32, bitcast=True) | ((c & 8) << 28)).to(tl.float32, bitcast=True)  # the sign, -0 too
 
 
 @triton.jit
@@ -163,8 +162,8 @@ def _attention_kernel(q, q_stride, out, out_stride, k_data, k_block, k_scale, v_
 
 # ---- the host side ----------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+# whether triton.jit made the kernel an interpreted one (TRITON_INTERPRET was set when this module was imported)
+INTERPRETED = type(_attention_kernel).__name__ == "InterpretedFunction"
 
 
 def _tensor(name: str, t, device: torch.device, dtypes, shape: tuple) -> None:
@@ -207,7 +206,7 @@ def attention(q: torch.Tensor, k: CacheTensors, v: CacheTensors, key_valid: torc
     device = k.device
     if v.device != device:
         raise ValueError(f"v is on {v.device}, k on {device}")
-    if device.type != "cuda" and not (device.type == "cpu" and _interpreting()):
+    if device.type != "cuda" and not (device.type == "cpu" and INTERPRETED):
         raise ValueError(f"the Triton attention runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1, "
                          f"set before importing this module); the caches are on {device}")
     if (k.heads, k.head_dim, k.rows) != (v.heads, v.head_dim, v.rows):
