@@ -208,3 +208,26 @@ def test_argument_errors(monkeypatch):
     monkeypatch.setattr(ta, "INTERPRETED", False)
     with pytest.raises(ValueError, match="runs on CUDA tensors"):
         ta.attention(q, k, v, valid, out)
+
+
+def test_torch_backend_streams_a_plan_through_the_triton_kernel(small_ckpt, tmp_path):
+    """The whole torch backend with cache_ops='triton' (csrc writes, the Triton kernel reads the quantized
+    cache and rotates the keys: relative RoPE) streams the frames ONNX Runtime streams from the same plan."""
+    import numpy as np
+
+    from arvc.compiler.compile import CompileOptions, compile_plan
+    from arvc.runtime.kv_cache import CacheGeometry
+    from arvc.runtime.plan_session import load
+    from arvc.runtime.schedule import Schedule
+
+    plan = tmp_path / "fp8kv.plan"
+    compile_plan(small_ckpt[0], plan, CompileOptions(CacheGeometry(3, 6, 3, rope="relative"), Schedule((1000.0, 500.0)),
+                                                     32, 32, kv_cache="fp8", min_psnr=0.0, verify_blocks=2),
+                 log=lambda _m: None)
+    ctx = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    want = np.stack(list(load(plan, backend="ort").stream(ctx, frames=28, seed=3, raw=True)))
+    session = load(plan, backend="torch", device="cpu", cache_ops="triton")
+    assert session.backend.cache_ops == "triton"
+    got = np.stack(list(session.stream(ctx, frames=28, seed=3, raw=True)))
+    mse = float(np.mean((want.astype(np.float64) - got) ** 2))
+    assert mse == 0 or 10 * np.log10(4.0 / mse) >= 100.0  # fp32 end to end: only summation order differs
