@@ -21,7 +21,6 @@ relative to the largest output of the csrc kernel. With --rope the cached keys a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ("fp16", "int8", "fp8", "nvfp4")
@@ -205,11 +205,7 @@ def main() -> int:
           f"whole cache to {dtype_name} with torch ops, index the valid rows, SDPA "
           f"{'flash' if args.device == 'cuda' else '(CPU)'}. Errors: max |x - csrc| / max |csrc|.\n\n{table(rows)}\n")
     print(md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_attention-{dev.replace(' ', '_')}-{date.today()}{'-smoke' if args.smoke else ''}"
-    (args.out / f"{stem}.md").write_text(md)
-    (args.out / f"{stem}.json").write_text(json.dumps({"device": dev, "args": {k: str(v) for k, v in vars(args).items()},
-                                                       "rows": rows}, indent=2) + "\n")
+    write_results(args.out, "bench_attention", dev, args.smoke, md, args, rows)
     return 0
 
 

@@ -25,7 +25,6 @@ latent frame, text), KV-cache bytes, peak GPU memory, and the ratio to the basel
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,11 +232,7 @@ def main() -> int:
           f"{args.dtype}, torch {torch.__version__}. Ratios are fps over the baseline's, same run.\n\n"
           f"{table(rows, base)}\n")
     print(md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"gpu_bench-{dev.replace(' ', '_')}-{date.today()}{'-smoke' if args.smoke else ''}"
-    (args.out / f"{stem}.md").write_text(md)
-    (args.out / f"{stem}.json").write_text(json.dumps({"device": dev, "args": {k: str(v) for k, v in vars(args).items()},
-                                                       "rows": rows}, indent=2) + "\n")
+    write_results(args.out, "gpu_bench", dev, args.smoke, md, args, rows)
     return 0
 
 

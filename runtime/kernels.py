@@ -190,6 +190,26 @@ class CacheTensors:
 _P, _I32, _I64, _U32, _F32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint32, ctypes.c_float
 
 
+def check_tensor(name: str, t, device: torch.device, dtypes, shape: tuple) -> None:
+    """shape: expected sizes, None where any size goes; the last dim must be contiguous."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, the kernels on {device}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name}: dtype {t.dtype} not one of {[str(d) for d in dtypes]}")
+    if t.dim() != len(shape) or any(w is not None and s != w for s, w in zip(t.shape, shape)):
+        want = tuple("*" if w is None else w for w in shape)
+        raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {want}")
+    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride {t.stride(-1)})")
+
+
+def row_stride(t: torch.Tensor) -> int:
+    # torch gives a size-1 dimension any stride; the kernels want one no smaller than a row
+    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+
+
 class Kernels:
     """The cache-op kernels for tensors on one device: the CPU references for cpu, the CUDA ones for cuda."""
 
@@ -228,23 +248,7 @@ class Kernels:
             raise KernelError(f"{call}({names})", status, msg)
 
     def _tensor(self, name: str, t: torch.Tensor, dtypes, shape: tuple) -> None:
-        """shape: expected sizes, None where any size goes; the last dim must be contiguous."""
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.device != self.device:
-            raise ValueError(f"{name} is on {t.device}, the kernels on {self.device}")
-        if t.dtype not in dtypes:
-            raise ValueError(f"{name}: dtype {t.dtype} not one of {[str(d) for d in dtypes]}")
-        if t.dim() != len(shape) or any(w is not None and s != w for s, w in zip(t.shape, shape)):
-            want = tuple("*" if w is None else w for w in shape)
-            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {want}")
-        if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name}: the last dimension must be contiguous (stride {t.stride(-1)})")
-
-    @staticmethod
-    def _row_stride(t: torch.Tensor) -> int:
-        # torch gives a size-1 dimension any stride; the kernels want one no smaller than a row
-        return t.stride(0) if t.shape[0] > 1 else t.shape[1]
+        check_tensor(name, t, self.device, dtypes, shape)
 
     def _cache(self, name: str, c: CacheTensors) -> None:
         if not isinstance(c, CacheTensors):
@@ -260,7 +264,7 @@ class Kernels:
         dim = cache.heads * cache.head_dim
         self._tensor("x", x, DTYPE, (None, dim))
         self._tensor("rows", rows, (torch.int32,), (x.shape[0],))
-        st = self._write(cache.address, x.data_ptr(), DTYPE[x.dtype], self._row_stride(x), rows.data_ptr(), x.shape[0],
+        st = self._write(cache.address, x.data_ptr(), DTYPE[x.dtype], row_stride(x), rows.data_ptr(), x.shape[0],
                          FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
         self._check("kv_cache_write", st, "cache, x, rows")
 
@@ -293,11 +297,11 @@ class Kernels:
             self._tensor("v_new", v_new, (q.dtype,), (k_new.shape[0], dim))
             if k_new.shape[0] > 1 and k_new.stride(0) != v_new.stride(0):
                 raise ValueError(f"k_new and v_new need one row stride ({k_new.stride(0)} vs {v_new.stride(0)})")
-            n_new, new_stride, kn_p, vn_p = k_new.shape[0], self._row_stride(k_new), k_new.data_ptr(), v_new.data_ptr()
+            n_new, new_stride, kn_p, vn_p = k_new.shape[0], row_stride(k_new), k_new.data_ptr(), v_new.data_ptr()
         scale = 1.0 / math.sqrt(k.head_dim) if softmax_scale is None else softmax_scale
-        st = self._attn(q.data_ptr(), DTYPE[q.dtype], self._row_stride(q), q.shape[0], k.address, v.address,
+        st = self._attn(q.data_ptr(), DTYPE[q.dtype], row_stride(q), q.shape[0], k.address, v.address,
                         key_valid.data_ptr(), cos_p, sin_p, kn_p, vn_p, new_stride, n_new, scale, out.data_ptr(),
-                        self._row_stride(out), FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
+                        row_stride(out), FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
         self._check("attention", st, "q, k, v, key_valid, out, k_rope, k_new, v_new")
         return out
 
@@ -305,7 +309,7 @@ class Kernels:
                frame_offset: int) -> torch.Tensor:
         """Wan's 3D RoPE in place on x [frames*height*width, heads*head_dim] (rows may be strided)."""
         self._tensor("x", x, DTYPE, (frames * height * width, heads * head_dim))
-        st = self._rope(x.data_ptr(), DTYPE[x.dtype], self._row_stride(x), heads, head_dim, frames, height, width,
+        st = self._rope(x.data_ptr(), DTYPE[x.dtype], row_stride(x), heads, head_dim, frames, height, width,
                         frame_offset, *self._stream())
         self._check("rope3d", st, "x, heads, head_dim, frames, height, width, frame_offset")
         return x

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 
 from .kernels import KV_FORMAT, CacheTensors
+from .kernels import check_tensor as _tensor
+from .kernels import row_stride as _row_stride
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256  # as csrc's ARVC_ATTN_MAX_HEAD_DIM
@@ -164,25 +166,6 @@ def _attention_kernel(q, q_stride, out, out_stride, k_data, k_block, k_scale, v_
 
 # whether triton.jit made the kernel an interpreted one (TRITON_INTERPRET was set when this module was imported)
 INTERPRETED = type(_attention_kernel).__name__ == "InterpretedFunction"
-
-
-def _tensor(name: str, t, device: torch.device, dtypes, shape: tuple) -> None:
-    """As Kernels._tensor: shape has None where any size goes; the last dim must be contiguous."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, the caches on {device}")
-    if t.dtype not in dtypes:
-        raise ValueError(f"{name}: dtype {t.dtype} not one of {[str(d) for d in dtypes]}")
-    if t.dim() != len(shape) or any(w is not None and s != w for s, w in zip(t.shape, shape)):
-        want = tuple("*" if w is None else w for w in shape)
-        raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {want}")
-    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
-        raise ValueError(f"{name}: the last dimension must be contiguous (stride {t.stride(-1)})")
-
-
-def _row_stride(t: torch.Tensor) -> int:
-    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
 
 
 def attention(q: torch.Tensor, k: CacheTensors, v: CacheTensors, key_valid: torch.Tensor, out: torch.Tensor,
