@@ -35,6 +35,7 @@
 #ifndef ARVC_KERNELS_H
 #define ARVC_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -67,6 +68,14 @@ typedef struct {
     uint8_t *block_scale;   /* NVFP4: [rows, heads*head_dim/16]; else NULL */
     float *scale;           /* INT8/FP8/NVFP4: [rows, heads]; FP16: NULL */
 } arvc_kv_cache;
+
+/* The layout every binding mirrors (runtime/kernels.py's ctypes struct, the TensorRT plugins): 4 int32
+ * then 3 pointers, 40 bytes on the 64-bit platforms arvc targets. */
+#ifdef __cplusplus
+static_assert(sizeof(arvc_kv_cache) == 40 && offsetof(arvc_kv_cache, data) == 16, "arvc_kv_cache layout changed");
+#else
+_Static_assert(sizeof(arvc_kv_cache) == 40 && offsetof(arvc_kv_cache, data) == 16, "arvc_kv_cache layout changed");
+#endif
 
 /* Bytes of one row's data part (0 for an unknown format). */
 int64_t arvc_kv_data_bytes_per_row(int32_t format, int32_t heads, int32_t head_dim);

@@ -206,3 +206,14 @@ def test_wrapper_checks(kern):
         kern.attention(q, k, v, valid, torch.empty(1, DIM), k_new=torch.ones(1, DIM))
     with pytest.raises(ValueError, match="unknown|no kernel"):
         CacheTensors("fp32", 4, HEADS, HEAD_DIM)
+
+
+def test_ctypes_struct_mirrors_the_c_layout():
+    """arvc_kernels.h asserts sizeof(arvc_kv_cache) == 40 with data at offset 16; the binding must agree."""
+    import ctypes
+
+    from arvc.runtime.kernels import KVCacheStruct
+
+    assert ctypes.sizeof(KVCacheStruct) == 40 and KVCacheStruct.data.offset == 16
+    assert [f for f, _ in KVCacheStruct._fields_] == ["format", "heads", "head_dim", "rows", "data", "block_scale",
+                                                      "scale"]
