@@ -23,7 +23,8 @@ step "install (editable, no dependencies: the machine's own torch, onnx, onnxrun
 python3 -m pip install -q --no-deps --no-build-isolation -e . >> "$LOG" 2>&1 || { echo "install failed" | tee -a "$LOG"; exit 1; }
 
 step "pytest -m gpu"
-timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tee -a "$LOG"
+timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py tests/test_attention_qcache_gpu.py \
+  tests/test_triton_attention_gpu.py tests/test_torch_backend_gpu.py 2>&1 | tee -a "$LOG"
 step "arvc selftest --target cuda"
 timeout 150 python3 -m arvc.cli selftest --target cuda 2>&1 | tee -a "$LOG"
 step "bench_attention"
