@@ -8,6 +8,10 @@
 #   4. bench/gpu_bench.py: the 1.3B architecture at 480x832 vs the research-style bf16 baseline
 # Output: $OUT (or bench/results/gpu_check): gpu_check.log plus the benchmarks' .md/.json results.
 # Usage: tools/gpu_check.sh [--quick]   (--quick: gpu_bench with 4 blocks and two variants)
+# Wheels in .whl/ (pinned versions the machine lacks, e.g. onnxruntime==1.31.1 for the opset-23 plans the
+# CPU-side comparisons run) are installed first into /tmp/site; download them on a networked machine with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_27_x86_64 -d .whl onnxruntime==1.31.1
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu_check}
 mkdir -p "$OUT"
@@ -19,6 +23,12 @@ step "GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
 python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name()); \
 sys.exit(0 if torch.cuda.is_available() else 1)" 2>&1 | tee -a "$LOG" || { echo "no CUDA device" | tee -a "$LOG"; exit 1; }
+if compgen -G ".whl/*.whl" > /dev/null; then
+  step "carried wheels"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl >> "$LOG" 2>&1 \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  ls .whl | tee -a "$LOG"
+fi
 step "install (editable, no dependencies: the machine's own torch, onnx, onnxruntime)"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >> "$LOG" 2>&1 || { echo "install failed" | tee -a "$LOG"; exit 1; }
 
