@@ -47,13 +47,18 @@ class PlanGenerator(CausalLoop):
         self._rope: OrderedDict = OrderedDict()
         self._prompts: OrderedDict = OrderedDict()
         self.times = {"text": 0.0, "dit": 0.0, "dit_calls": 0}
+        self.recorder = None  # runtime/profiler.Recorder while profiling
+        self._recaching = False
 
     def _set_context(self, context: np.ndarray) -> None:
         key = context.tobytes()
         if key not in self._prompts:  # the text stage runs once per prompt
             t0 = time.perf_counter()
             self._prompts[key] = self.backend.cross_kv(context)
-            self.times["text"] += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.times["text"] += t1 - t0
+            if self.recorder is not None:
+                self.recorder.add("text", "text", t0, t1)
             while len(self._prompts) > 4:
                 self._prompts.popitem(last=False)
         self._prompts.move_to_end(key)
@@ -82,9 +87,21 @@ class PlanGenerator(CausalLoop):
             feeds["rope_k_cos"], feeds["rope_k_sin"] = self._tables(k_pos)
         t0 = time.perf_counter()
         x0 = self.backend.run_dit(feeds)
-        self.times["dit"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.times["dit"] += t1 - t0
         self.times["dit_calls"] += 1
+        if self.recorder is not None:
+            steps = self.schedule.timesteps
+            name = "recache" if self._recaching else (f"step {steps.index(t)}" if t in steps else "cache")
+            self.recorder.add(name, "dit", t0, t1, block=self.block_index, t=t, frame_start=frame_start)
         return torch.from_numpy(x0)
+
+    def switch_prompt(self, context) -> list[int]:
+        self._recaching = True
+        try:
+            return super().switch_prompt(context)
+        finally:
+            self._recaching = False
 
     def _reset_cache(self, first_frame: int, keep_sink: bool) -> None:
         self.slots.reset(first_frame, keep_sink)
@@ -144,6 +161,7 @@ class PlanSession:
         self._pending: list = []
         self._lock = threading.Lock()
         self._streaming = False  # one stream at a time: the cache and VAE state belong to it
+        self.recorder = None  # runtime/profiler.Recorder: per-stage events of the next streams (arvc profile)
 
     # -- prompts -------------------------------------------------------------------------------------
     def context_for(self, prompt) -> np.ndarray:
@@ -206,7 +224,9 @@ class PlanSession:
         return math.ceil(latent_frames_for(frames, self.temporal_factor) / self.geometry.frames_per_block)
 
     def generator(self, seed: int) -> PlanGenerator:
-        return PlanGenerator(self.backend, self.cfg, self.geometry, self.schedule, self.latent_hw, seed)
+        gen = PlanGenerator(self.backend, self.cfg, self.geometry, self.schedule, self.latent_hw, seed)
+        gen.recorder = self.recorder
+        return gen
 
     def stream(self, prompt, seconds: float | None = None, *, frames: int | None = None, seed: int = 0,
                switches: Sequence[tuple[float, object]] = (), raw: bool = False) -> Iterator[np.ndarray]:
@@ -257,7 +277,11 @@ class PlanSession:
                         gen.switch_prompt(ctx)
                     t0 = time.perf_counter()
                     x0 = gen.next_block()
-                    stats.block_s.append(time.perf_counter() - t0)
+                    t1 = time.perf_counter()
+                    stats.block_s.append(t1 - t0)
+                    if self.recorder is not None:
+                        video = self.frames_before_block(b + 1) - self.frames_before_block(b)
+                        self.recorder.add(f"block {b}", "block", t0, t1, block=b, video_frames=video)
                     if not put(x0.numpy()):
                         return
                 put(_DONE)
@@ -266,6 +290,8 @@ class PlanSession:
 
         worker = threading.Thread(target=dit_worker, name="arvc-dit", daemon=True)
         t_start = time.perf_counter()
+        if self.recorder is not None:
+            self.recorder.add("stream", "stream", t_start, t_start, frames=total_frames, seed=seed)
         emitted, first_latent = 0, True
         try:
             self.backend.reset_vae()
@@ -280,7 +306,11 @@ class PlanSession:
                 for i in range(item.shape[2]):
                     t0 = time.perf_counter()
                     pixels = self.backend.run_vae(item[:, :, i:i + 1], first_latent)[0]  # [3, n, H, W]
-                    stats.vae_s += time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    stats.vae_s += t1 - t0
+                    if self.recorder is not None:
+                        self.recorder.add("vae frame", "vae", t0, t1, latent=(stats.blocks - 1) * item.shape[2] + i,
+                                           first=first_latent)
                     first_latent = False
                     for j in range(pixels.shape[1]):
                         if emitted == total_frames:
@@ -288,6 +318,8 @@ class PlanSession:
                         frame = pixels[:, j]
                         stats.first_frame_s = stats.first_frame_s or time.perf_counter() - t_start
                         emitted += 1
+                        if self.recorder is not None:
+                            self.recorder.instant("frame", "frame", index=emitted - 1)
                         stats.frames = emitted
                         yield frame.copy() if raw else _to_uint8(frame)
         finally:
