@@ -56,9 +56,10 @@ def _sources() -> list[Path]:
             f"the kernel sources (csrc/, CMakeLists.txt) are not next to the arvc package ({REPO}); this is a "
             "non-editable install. Install from a checkout with `pip install -e .`, or build csrc/ with CMake "
             "and point ARVC_KERNELS_DIR at the build directory")
-    files = [REPO / "CMakeLists.txt"] + [p for p in sorted(csrc.rglob("*")) if p.is_file()
-                                          and p.suffix in (".h", ".cuh", ".cpp", ".cu", ".txt")]
-    return files
+    # everything the top-level CMake project builds: csrc/ and the runtime's native parts
+    native = [p for d in (csrc, REPO / "runtime") for p in sorted(d.rglob("*")) if p.is_file()
+              and p.suffix in (".h", ".cuh", ".cpp", ".cu", ".txt") and "__pycache__" not in p.parts]
+    return [REPO / "CMakeLists.txt"] + native
 
 
 def source_hash() -> str:
