@@ -1,7 +1,12 @@
 """The torch backend runs a plan as ONNX Runtime does: parity on the CPU for every weight / KV / activation
-recipe and both RoPE modes (fp32 compute: the two backends differ only in summation order, so decoded
-frames agree to >= 100 dB, and to >= 60 dB -- the selftest's bar -- where a quantizer's rounding can flip),
-the FP8 GEMM path, prompt switches, and the errors a user can hit."""
+recipe and both RoPE modes, the FP8 GEMM path, prompt switches, and the errors a user can hit.
+
+fp32 compute: the two backends differ only in summation order, so unquantized plans' decoded frames agree
+to >= 100 dB (measured ~129). Where a quantizer sits between the GEMMs, that last-bit difference can move a
+value across a rounding boundary: one int8 / nvfp4 step is rare and small (>= 60 dB, the selftest's bar),
+but a dynamic FP8 activation scale is the row's amax, so a flip rescales a whole row's codes by up to one
+E4M3 step (1/8) and the 3-block rollout carries it: measured 129 dB with one noise stream and 54-55 dB with
+another, hence 50 dB there."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +24,7 @@ RECIPES = [
     ("fp32", "fp32", None, "absolute", 100.0),
     ("fp16", "fp16", None, "relative", 100.0),
     ("int8", "int8", "static", "absolute", 60.0),
-    ("fp8", "fp8", "dynamic", "relative", 60.0),
+    ("fp8", "fp8", "dynamic", "relative", 50.0),  # dynamic FP8 activations: see the module docstring
     ("nvfp4", "nvfp4", None, "relative", 60.0),
 ]
 
@@ -88,7 +93,7 @@ def test_fp8_gemm_path_matches_the_plans_qdq(plans):
     session = load(plan, backend="ort")
     session.backend = TorchBackend(plan, session.manifest, device="cpu", fp8_gemm=True)
     assert len(session.backend.dit.fp8_layers) == 8 * 2  # q k v o of both attentions, ffn.0/2: 8 per layer, 2 layers
-    assert _psnr(reference, _video(session, switch=False)) >= 60.0
+    assert _psnr(reference, _video(session, switch=False)) >= 50.0  # dynamic FP8 inputs: see the module docstring
 
 
 def test_bf16_compute_is_close_but_not_identical(plans):

@@ -27,13 +27,15 @@ def plans(small_ckpt, tmp_path_factory):
     ckpt, _ = small_ckpt
     root = tmp_path_factory.mktemp("torch_gpu_plans")
     out = {}
-    for kv in KV_FORMATS:
-        for rope in ("absolute", "relative"):
-            path = root / f"{kv}-{rope}.plan"
-            opts = CompileOptions(CacheGeometry(3, 6, 3, rope=rope), Schedule((1000.0, 500.0)), 32, 32,
-                                  precision="fp8", kv_cache=kv, activations="dynamic", min_psnr=0.0, verify_blocks=2)
-            compile_plan(ckpt, path, opts, log=lambda _m: None)
-            out[(kv, rope)] = path
+    # weight-only fp8: the 60 dB bar then measures the cache kernels and graphs, not dynamic-FP8 rounding flips
+    # (tests/test_torch_backend.py's docstring); one plan with dynamic FP8 activations for the scaled-mm path
+    cases = [(kv, rope, None) for kv in KV_FORMATS for rope in ("absolute", "relative")] + [("fp8", "absolute", "dynamic")]
+    for kv, rope, act in cases:
+        path = root / f"{kv}-{rope}-{act}.plan"
+        opts = CompileOptions(CacheGeometry(3, 6, 3, rope=rope), Schedule((1000.0, 500.0)), 32, 32,
+                              precision="fp8", kv_cache=kv, activations=act, min_psnr=0.0, verify_blocks=2)
+        compile_plan(ckpt, path, opts, log=lambda _m: None)
+        out[(kv, rope) if act is None else (kv, rope, act)] = path
     return out
 
 
@@ -96,7 +98,7 @@ def test_csrc_cache_ops_match_the_torch_emulation(plans):
 
 
 def test_bf16_and_fp8_gemms_stay_close(plans):
-    plan = plans[("fp8", "absolute")]
+    plan = plans[("fp8", "absolute", "dynamic")]
     reference = _video(load(plan, backend="ort"))
     session = load(plan, backend="torch", device="cuda")  # bf16 compute, fp8 scaled-mm GEMMs where sm_89+
     assert _psnr(reference, _video(session)) >= 25.0
