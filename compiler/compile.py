@@ -68,16 +68,14 @@ TARGET_BACKENDS = {"cpu": "ort", "cuda": "torch", "tensorrt": "tensorrt"}
 def _memory_estimate(cfg, geom: CacheGeometry, tokens_per_frame: int, recipe: Recipe) -> dict:
     from arvc.quant.kv import kv_row_bytes
 
+    from .planner import kv_cache_bytes
+
     n = geom.frames_per_block * tokens_per_frame
     nk = geom.capacity_frames * tokens_per_frame
     row = kv_row_bytes(recipe.kv_cache, cfg.dim, cfg.num_heads)  # one layer's K (or V) for one token
     per_layer = 2 * cfg.num_layers
-    if recipe.kv_sink:  # two sets of buffers, each with one scratch row (compiler/lower_kv.py)
-        sink = geom.sink * tokens_per_frame
-        sink_row = kv_row_bytes(recipe.kv_sink, cfg.dim, cfg.num_heads)
-        kv = per_layer * ((sink + 1) * sink_row + (nk - sink + 1) * row)
-    else:
-        sink_row, kv = row, per_layer * nk * row
+    sink_row = kv_row_bytes(recipe.kv_sink, cfg.dim, cfg.num_heads) if recipe.kv_sink else row
+    kv = kv_cache_bytes(cfg, geom, tokens_per_frame, recipe.kv_cache, recipe.kv_sink)
     # peak live activations of one dit call (fp32): residual + a few [N, dim] temporaries, the FFN
     # hidden layer, and the attention probabilities of one layer over the cache
     act = 4 * (6 * n * cfg.dim + n * cfg.ffn_dim + cfg.num_heads * n * nk + 2 * nk * cfg.dim)

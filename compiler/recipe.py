@@ -87,6 +87,12 @@ class Recipe:
         return d
 
     @classmethod
+    def from_manifest(cls, record: dict) -> "Recipe":
+        """A plan manifest's ``recipe`` entry, which also records what compiling did (quantized_weights,
+        calibration, ...): only the recipe's own fields are read."""
+        return cls.from_dict({k: v for k, v in record.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         if d.get("version", 0) > RECIPE_VERSION:
             raise ValueError(f"recipe version {d['version']} is newer than this arvc reads ({RECIPE_VERSION})")

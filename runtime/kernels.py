@@ -70,9 +70,14 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_root() -> Path:
+def user_cache_dir(kind: str) -> Path:
+    """${XDG_CACHE_HOME:-~/.cache}/arvc/<kind>: where arvc keeps what it builds (kernels, engines)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "arvc" / "kernels"
+    return Path(base) / "arvc" / kind
+
+
+def cache_root() -> Path:
+    return user_cache_dir("kernels")
 
 
 def _find_nvcc() -> str | None:

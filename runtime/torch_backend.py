@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ def plan_act_quant(manifest: dict) -> tuple[dict, tuple[float, ...]]:
     layers = rd.get("quantized_activations") or []
     if not layers:
         return {}, ()
-    recipe = Recipe.from_dict({f.name: rd[f.name] for f in fields(Recipe) if f.name in rd})
+    recipe = Recipe.from_manifest(rd)
     calibration = rd.get("calibration")
     return act_quant_table(recipe, calibration, layers), tuple(calibration["timesteps"]) if calibration else ()
 
@@ -43,7 +42,7 @@ def plan_weight_formats(manifest: dict) -> dict[str, str]:
     from arvc.compiler.recipe import Recipe
 
     rd = manifest["recipe"]
-    recipe = Recipe.from_dict({f.name: rd[f.name] for f in fields(Recipe) if f.name in rd})
+    recipe = Recipe.from_manifest(rd)
     return {w.rsplit(".weight", 1)[0]: recipe.weight_format(w.rsplit(".weight", 1)[0])
             for w in rd.get("quantized_weights", [])}
 
@@ -179,6 +178,7 @@ class TorchBackend:
         inp.latents.copy_(torch.from_numpy(feeds["latents"]).reshape(inp.latents.shape))
         inp.timestep.copy_(torch.from_numpy(np.asarray(feeds["timestep"], np.float64)).reshape(1))
         inp.write_rows.copy_(torch.from_numpy(feeds["write_index"]).reshape(-1))
+        inp.write_rows_i32.copy_(inp.write_rows)
         inp.key_valid.copy_(torch.from_numpy(feeds["key_valid"]))
         inp.q_cos.copy_(torch.from_numpy(feeds["rope_q_cos"]).reshape(inp.q_cos.shape))
         inp.q_sin.copy_(torch.from_numpy(feeds["rope_q_sin"]).reshape(inp.q_sin.shape))

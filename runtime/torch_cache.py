@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from arvc.quant.kv import kv_round_trip
+
 from .torch_dit import rotate_pairs
 
 KERNEL_FORMATS = ("fp16", "int8", "fp8", "nvfp4")
@@ -68,8 +70,6 @@ class TorchCacheOps:
 
     def _stored(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """What the cache holds for rows x [N, dim]: each row in its region's format."""
-        from arvc.quant.kv import kv_round_trip
-
         lay = self.layout
         per_head = x.float().reshape(x.shape[0], lay.heads, -1)
         ring = kv_round_trip(per_head, lay.fmt).reshape(x.shape)
@@ -132,7 +132,7 @@ class KernelCacheOps:
 
     def attend(self, layer: int, q, k, v, inp) -> torch.Tensor:
         kc, vc = self.caches[layer]
-        rows = inp.write_rows.to(torch.int32)
+        rows = inp.write_rows_i32
         self.kernels.kv_cache_write(kc, k, rows, no_host_sync=self.no_host_sync)
         self.kernels.kv_cache_write(vc, v, rows, no_host_sync=self.no_host_sync)
         return self.attention(q, kc, vc, inp.key_valid, None if inp.k_cos is None else (inp.k_cos, inp.k_sin))

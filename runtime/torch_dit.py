@@ -95,6 +95,7 @@ class DitInputs:
     latents: torch.Tensor  # [1, C, F, H, W] fp32
     timestep: torch.Tensor  # [1] fp64
     write_rows: torch.Tensor  # [N] int64: cache row of each of the block's tokens
+    write_rows_i32: torch.Tensor  # the same rows as int32 (the csrc kernels' index type), once per call
     key_valid: torch.Tensor  # [Nk] bool: cache rows attended
     q_cos: torch.Tensor  # [N, Dh/2] fp32 (also rotates K in absolute mode)
     q_sin: torch.Tensor
@@ -107,6 +108,7 @@ class DitInputs:
         f32 = dict(dtype=torch.float32, device=device)
         return cls(torch.zeros(latent_shape, **f32), torch.zeros(1, dtype=torch.float64, device=device),
                    torch.zeros(n_tokens, dtype=torch.int64, device=device),
+                   torch.zeros(n_tokens, dtype=torch.int32, device=device),
                    torch.zeros(cache_rows, dtype=torch.bool, device=device),
                    torch.zeros(n_tokens, half, **f32), torch.zeros(n_tokens, half, **f32),
                    torch.zeros(cache_rows, half, **f32) if relative else None,

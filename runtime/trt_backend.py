@@ -148,8 +148,9 @@ def dit_host_feed_params(onnx_path: Path) -> dict:
 
 # -- engine cache ---------------------------------------------------------------------------------------------
 def engine_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "arvc" / "engines"
+    from .kernels import user_cache_dir
+
+    return user_cache_dir("engines")
 
 
 def engine_cache_key(onnx_sha256: str, gpu_name: str, capability: tuple[int, int], trt_version: str,
