@@ -117,7 +117,7 @@ def build_dir(cuda: bool, root: Path | None = None) -> Path:
             return key / f"build-{kind}"
         tree = key / f"build-{kind}"
         cfg = ["cmake", "-S", str(REPO), "-B", str(tree), "-DCMAKE_BUILD_TYPE=Release",
-               f"-DARVC_CUDA={'ON' if cuda else 'OFF'}"]
+               f"-DARVC_CUDA={'ON' if cuda else 'OFF'}", "-DARVC_C_RUNTIME=OFF"]  # kernels only: no libarvc
         if nvcc:
             cfg.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         _run(cfg, "configuring")
