@@ -64,7 +64,9 @@ def test_wheel_contents(wheel):
     if (REPO / "runtime" / "include" / "arvc.h").is_file():  # the C API: libarvc.so comes with its header
         assert "arvc/runtime/lib/libarvc.so" in names
     # build inputs are not package data; no CUDA library (the wheel is built with ARVC_CUDA=OFF)
-    assert not [n for n in names if n.endswith(("CMakeLists.txt", ".cpp", ".cu"))], sorted(names)
+    sources = [n for n in names if n.endswith(("CMakeLists.txt", ".cmake", ".c", ".cc", ".cpp", ".cu", ".cuh", ".hpp"))
+               or (n.endswith(".h") and not n.startswith("arvc/runtime/include/"))]
+    assert not sources, sources
     assert "arvc/runtime/lib/libarvc_kernels_cuda.so" not in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "arvc = arvc.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
