@@ -22,6 +22,7 @@ import torch
 from arvc.quant.kv import kv_parts
 
 REPO = Path(__file__).resolve().parents[1]  # runtime/ sits at the repository's top level
+INSTALLED_LIB = Path(__file__).resolve().parent / "lib"  # where a wheel's CMake install puts the libraries
 KV_FORMAT = {"fp16": 1, "int8": 2, "fp8": 3, "nvfp4": 4}
 DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 FLAG_NO_HOST_SYNC = 1
@@ -49,9 +50,13 @@ class KVCacheStruct(ctypes.Structure):
 
 # ---- finding / building the libraries ---------------------------------------------------------------
 
+def _have_sources() -> bool:
+    return (REPO / "csrc" / "arvc_kernels.h").is_file() and (REPO / "CMakeLists.txt").is_file()
+
+
 def _sources() -> list[Path]:
     csrc = REPO / "csrc"
-    if not (csrc / "arvc_kernels.h").is_file() or not (REPO / "CMakeLists.txt").is_file():
+    if not _have_sources():
         raise KernelBuildError(
             f"the kernel sources (csrc/, CMakeLists.txt) are not next to the arvc package ({REPO}); this is a "
             "non-editable install. Install from a checkout with `pip install -e .`, or build csrc/ with CMake "
@@ -137,8 +142,9 @@ def build_dir(cuda: bool, root: Path | None = None) -> Path:
 
 
 def library_path(cuda: bool) -> Path:
-    """libarvc_kernels.so (cuda=False) or libarvc_kernels_cuda.so: from ARVC_KERNELS_DIR when set, else
-    built once per source version into ${XDG_CACHE_HOME:-~/.cache}/arvc/kernels/<hash>/."""
+    """libarvc_kernels.so (cuda=False) or libarvc_kernels_cuda.so: from ARVC_KERNELS_DIR when set; else, in a
+    wheel install (no kernel sources next to the package), the one the wheel installed into
+    <arvc.runtime>/lib/; else built once per source version into ${XDG_CACHE_HOME:-~/.cache}/arvc/kernels/<hash>/."""
     name = LIB_NAME[cuda]
     env = os.environ.get("ARVC_KERNELS_DIR")
     if env:
@@ -147,6 +153,9 @@ def library_path(cuda: bool) -> Path:
             raise KernelBuildError(f"ARVC_KERNELS_DIR={env} holds no {name}" +
                                    (" (configure it with -DARVC_CUDA=ON and nvcc present)" if cuda else ""))
         return found
+    installed = INSTALLED_LIB / name
+    if installed.is_file() and not _have_sources():
+        return installed  # a wheel install: its CMake build installed the library into the package
     build_dir(cuda)
     return cache_root() / source_hash() / ("cuda" if cuda else "cpu") / name
 
