@@ -72,7 +72,7 @@ def test_wheel_contents(wheel):
     assert "arvc = arvc.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_wheel_installs_and_loads_its_library(wheel, tmp_path):
+def test_wheel_installs_and_loads_its_library(wheel, tmp_path, tiny_plan):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
@@ -105,3 +105,12 @@ print(json.dumps({"arvc": arvc.__file__, "kernels": kernels.__file__, "noise": n
     assert got["status0"]
     assert not (tmp_path / "cache" / "arvc" / "kernels").exists(), "the installed package built the kernels"
     assert (env_dir / "bin" / "arvc").is_file()
+    # the installed C runtime and example: they find each other ($ORIGIN rpaths) and stream a plan
+    exe = pkg / "runtime" / "bin" / "arvc_stream"
+    import onnxruntime
+
+    ort_lib = next((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    r = subprocess.run([str(exe), str(tiny_plan[0]), "--seconds", "1", "--threads", "2", "-o", str(tmp_path / "v.y4m")],
+                       env={**env, "ARVC_ONNXRUNTIME_LIB": str(ort_lib)}, cwd=run, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"the installed arvc_stream failed:\n{_tail(r)}"
+    assert (tmp_path / "v.y4m").read_bytes().count(b"FRAME\n") == 16
