@@ -51,6 +51,17 @@ Stream::Stream(const std::string &plan_dir, const arvc_options &options)
   grid_w_ = plan_.latent_w / plan_.patch[2];
   frame_tokens_ = grid_h_ * grid_w_;
   frame_elems_ = static_cast<size_t>(plan_.in_channels) * plan_.latent_h * plan_.latent_w;
+  // every host-written input must have exactly the size the manifest implies: no write past a buffer
+  const size_t F = g.frames_per_block, T = frame_tokens_, cap = g.capacity_frames();
+  const size_t half = (plan_.rope_axis_dims[0] + plan_.rope_axis_dims[1] + plan_.rope_axis_dims[2]) / 2;
+  std::vector<std::pair<const char *, size_t>> expected = {
+      {"latents", frame_elems_ * F}, {"timestep", 1}, {"write_index", F * T}, {"key_valid", cap * T},
+      {"rope_q_cos", F * T * half}, {"rope_q_sin", F * T * half}};
+  if (g.relative_rope) expected.insert(expected.end(), {{"rope_k_cos", cap * T * half}, {"rope_k_sin", cap * T * half}});
+  for (const auto &[name, elements] : expected)
+    if (stages_->dit_input(name).elements() != elements)
+      fail(ARVC_ERR_PLAN, std::string("the dit graph's input '") + name + "' has " + std::to_string(stages_->dit_input(name).elements()) +
+                              " elements, the manifest's geometry implies " + std::to_string(elements) + "; recompile the plan");
   for (auto &l : latents_) l.assign(frame_elems_ * g.frames_per_block, 0.0f);
   history_.assign(frame_elems_ * g.capacity_frames(), 0.0f);
   if (prefetch_) worker_ = std::thread([this] { worker_main(); });
@@ -150,11 +161,16 @@ void Stream::denoise(const float *x, int frames, double t, int frame_start, floa
     for (int k = 0; k < T; ++k) *rows++ = static_cast<int64_t>(call.slots[i]) * T + k;
   uint8_t *valid = stages_->dit_input("key_valid").as<uint8_t>();
   for (int r = 0; r < cap * T; ++r) valid[r] = r < call.num_key_slots * T;
-  auto tables = [&](std::vector<int> pos, const char *cos_name, const char *sin_name) {
+  auto tables = [&](const std::vector<int> &pos, const char *cos_name, const char *sin_name) {
+    // positions repeat over a block's calls and, once the window is full, from block to block: the
+    // tables in the bound buffers are recomputed only when they change
+    std::vector<int> &written = rope_written_[cos_name];
+    if (written == pos) return;
     rope_tables(plan_.rope_axis_dims.data(), pos, grid_h_, grid_w_, cos_, sin_);
     Buffer &c = stages_->dit_input(cos_name), &s = stages_->dit_input(sin_name);
     std::memcpy(c.data.get(), cos_.data(), c.bytes);
     std::memcpy(s.data.get(), sin_.data(), s.bytes);
+    written = pos;
   };
   tables(call.query_positions, "rope_q_cos", "rope_q_sin");
   if (plan_.geometry.relative_rope) {

@@ -10,6 +10,7 @@
 #include <exception>
 #include <functional>
 #include <list>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -67,6 +68,7 @@ class Stream {
   std::vector<float> history_;  // [C, capacity_frames, h, w]
   std::list<std::pair<std::string, CrossKV>> prompts_;  // most recent first, at most 4
   std::vector<float> x_, x0_, noise_, scratch_, cos_, sin_;
+  std::map<std::string, std::vector<int>> rope_written_;  // table input -> positions its buffer holds
 
   // pipeline (guarded by mu_)
   mutable std::mutex mu_;
