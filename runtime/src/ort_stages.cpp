@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <glob.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -149,8 +150,12 @@ OrtStages::OrtStages(const Plan &plan, int threads) {
     dit_binding_->BindOutput(o.name.c_str(), kv_.back().value);
     is_cache[in] = true;
   }
+  static const char *const host_inputs[] = {"latents", "timestep", "write_index", "key_valid",
+                                             "rope_q_cos", "rope_q_sin", "rope_k_cos", "rope_k_sin"};
   for (const auto &io : ins) {
     if (is_cache.count(io.name) || io.name.rfind("cross_", 0) == 0) continue;  // cross K/V: bind_cross
+    if (std::find(std::begin(host_inputs), std::end(host_inputs), io.name) == std::end(host_inputs))
+      fail(ARVC_ERR_PLAN, plan.dit_graph + " has an input '" + io.name + "' this C runtime does not feed; it was compiled by a newer arvc, upgrade the runtime");
     dit_inputs_.emplace_back(io.name, make_buffer(io.type, io.shape, io.name));
     dit_binding_->BindInput(io.name.c_str(), dit_inputs_.back().second.value);
   }
