@@ -11,7 +11,6 @@ numpy feeds and queue against C++ with buffers bound once). Each side streams on
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import subprocess
 import sys
@@ -25,21 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from results_io import write_results  # noqa: E402
 
+from arvc.runtime.capi import CSession, load_library  # noqa: E402
+
 PROMPT = "a red circle moving right on a dark blue background"
-
-
-class Options(ctypes.Structure):
-    _fields_ = [("size", ctypes.c_uint32), ("threads", ctypes.c_int32), ("skip_verify", ctypes.c_int32),
-                ("no_prefetch", ctypes.c_int32), ("onnxruntime_library", ctypes.c_char_p)]
-
-
-class Info(ctypes.Structure):
-    _fields_ = [("size", ctypes.c_uint32), ("width", ctypes.c_int32), ("height", ctypes.c_int32), ("fps", ctypes.c_int32),
-                ("latent_frames_per_block", ctypes.c_int32), ("first_block_frames", ctypes.c_int32),
-                ("block_frames", ctypes.c_int32), ("max_block_bytes", ctypes.c_size_t), ("window", ctypes.c_int32),
-                ("sink", ctypes.c_int32), ("max_blocks", ctypes.c_int32), ("has_text_encoder", ctypes.c_int32),
-                ("text_dim", ctypes.c_int32), ("text_len", ctypes.c_int32), ("kv_cache_bytes", ctypes.c_size_t),
-                ("vae_state_bytes", ctypes.c_size_t), ("precision", ctypes.c_char_p)]
 
 
 def build_libarvc(build: Path) -> Path:
@@ -52,30 +39,14 @@ def build_libarvc(build: Path) -> Path:
 
 def c_stream(lib, plan: Path, blocks: int, threads: int, seed: int) -> tuple[dict, np.ndarray]:
     t0 = time.perf_counter()
-    s = ctypes.c_void_p()
-    opts = Options(ctypes.sizeof(Options), threads, 0, 0, None)
-    if lib.arvc_open(str(plan).encode(), ctypes.byref(opts), ctypes.byref(s)) != 0:
-        raise RuntimeError(lib.arvc_last_error().decode())
-    t_open = time.perf_counter() - t0
-    try:
-        info = Info()
-        info.size = ctypes.sizeof(Info)
-        lib.arvc_get_info(s, ctypes.byref(info))
-        buf = np.zeros(info.max_block_bytes, np.uint8)
-        n, frames = ctypes.c_int32(), []
-        first = None
+    with CSession(lib, plan, threads=threads) as session:
+        t_open = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if lib.arvc_set_prompt(s, PROMPT.encode(), ctypes.c_uint64(seed)) != 0:
-            raise RuntimeError(lib.arvc_last_error().decode())
-        for _ in range(blocks):
-            if lib.arvc_next_block(s, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), ctypes.c_size_t(buf.size),
-                                   ctypes.byref(n)) != 0:
-                raise RuntimeError(lib.arvc_last_error().decode())
-            first = first or time.perf_counter() - t0  # the block's frames arrive together here
-            frames.append(buf[: n.value * info.width * info.height * 3].reshape(n.value, info.height, info.width, 3).copy())
+        session.set_prompt(PROMPT, seed)
+        frames = [session.next_block()]
+        first = time.perf_counter() - t0  # the block's frames arrive together here
+        frames += [session.next_block() for _ in range(blocks - 1)]
         wall = time.perf_counter() - t0
-    finally:
-        lib.arvc_close(s)
     video = np.concatenate(frames)
     return {"open_s": t_open, "first_block_s": first, "wall_s": wall, "fps": len(video) / wall}, video
 
@@ -112,8 +83,7 @@ def main() -> None:
         plan = work / "tiny.plan"
         subprocess.run([sys.executable, "-m", "arvc.cli", "compile", str(REPO / "models" / "tiny"), "-o", str(plan)],
                        check=True, capture_output=True)
-    lib = ctypes.CDLL(str(build_libarvc(work / "build")))
-    lib.arvc_last_error.restype = ctypes.c_char_p
+    lib = load_library(build_libarvc(work / "build"))
 
     results = {}
     for name, run in (("python", lambda: python_stream(plan, args.blocks, args.threads, 0)),

@@ -4,7 +4,6 @@ runs it in CI) and through the C API driven by ctypes on a quantized plan with p
 its misuse checks (runtime/tests/test_capi.cpp) pass."""
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 import arvc
 from arvc.compiler.compile import CompileOptions, compile_plan
+from arvc.runtime.capi import CApiError, CSession, load_library
 from arvc.runtime.kv_cache import CacheGeometry
 from arvc.runtime.schedule import Schedule
 
@@ -97,21 +97,7 @@ def test_example_refuses_bad_input_without_writing(c_build, tiny_plan, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-# ---- the C API through ctypes, on a quantized plan that takes prompt embeddings ----------------------------
-
-
-class Options(ctypes.Structure):
-    _fields_ = [("size", ctypes.c_uint32), ("threads", ctypes.c_int32), ("skip_verify", ctypes.c_int32),
-                ("no_prefetch", ctypes.c_int32), ("onnxruntime_library", ctypes.c_char_p)]
-
-
-class Info(ctypes.Structure):
-    _fields_ = [("size", ctypes.c_uint32), ("width", ctypes.c_int32), ("height", ctypes.c_int32), ("fps", ctypes.c_int32),
-                ("latent_frames_per_block", ctypes.c_int32), ("first_block_frames", ctypes.c_int32),
-                ("block_frames", ctypes.c_int32), ("max_block_bytes", ctypes.c_size_t), ("window", ctypes.c_int32),
-                ("sink", ctypes.c_int32), ("max_blocks", ctypes.c_int32), ("has_text_encoder", ctypes.c_int32),
-                ("text_dim", ctypes.c_int32), ("text_len", ctypes.c_int32), ("kv_cache_bytes", ctypes.c_size_t),
-                ("vae_state_bytes", ctypes.c_size_t), ("precision", ctypes.c_char_p)]
+# ---- the C API through ctypes (arvc.runtime.capi), on a quantized plan that takes prompt embeddings ------
 
 
 @pytest.fixture(scope="session")
@@ -126,37 +112,22 @@ def quant_plan(small_ckpt, tmp_path_factory):
 
 def test_c_api_equals_python_on_a_quantized_plan_with_embeddings(c_build, quant_plan):
     plan, manifest = quant_plan
-    lib = ctypes.CDLL(str(next(c_build.rglob("libarvc.so"))))
-    lib.arvc_last_error.restype = ctypes.c_char_p
-    session = ctypes.c_void_p()
-    opts = Options(ctypes.sizeof(Options), 2, 0, 0, None)
-    assert lib.arvc_open(str(plan).encode(), ctypes.byref(opts), ctypes.byref(session)) == 0, lib.arvc_last_error()
-    try:
-        info = Info()
-        info.size = ctypes.sizeof(Info)
-        assert lib.arvc_get_info(session, ctypes.byref(info)) == 0
+    text_dim, text_len = manifest["model"]["dit"]["text_dim"], manifest["model"]["dit"]["text_len"]
+    rng = np.random.default_rng(0)
+    emb_a = rng.standard_normal((5, text_dim)).astype(np.float32)
+    emb_b = rng.standard_normal((text_len, text_dim)).astype(np.float32)
+    with CSession(load_library(next(c_build.rglob("libarvc.so"))), plan, threads=2) as c:
+        info = c.info
         assert (info.has_text_encoder, info.window, info.sink, info.max_blocks) == (0, 6, 3, 0)
         assert info.precision.decode() == manifest["precision"]
-        text_dim, text_len = manifest["model"]["dit"]["text_dim"], manifest["model"]["dit"]["text_len"]
-        rng = np.random.default_rng(0)
-        emb_a = rng.standard_normal((5, text_dim)).astype(np.float32)
-        emb_b = rng.standard_normal((text_len, text_dim)).astype(np.float32)
-        f32p = ctypes.POINTER(ctypes.c_float)
-        assert lib.arvc_set_prompt_embeddings(session, emb_a.ctypes.data_as(f32p), ctypes.c_int64(5),
-                                              ctypes.c_int64(text_dim), ctypes.c_uint64(11)) == 0, lib.arvc_last_error()
-        applied = ctypes.c_int64(-9)
-        assert lib.arvc_switch_prompt_embeddings(session, emb_b.ctypes.data_as(f32p), ctypes.c_int64(text_len),
-                                                 ctypes.c_int64(text_dim), ctypes.c_int64(2), ctypes.byref(applied)) == 0
-        assert applied.value == 2
-        buf = np.zeros(info.max_block_bytes, np.uint8)
-        frames, n = [], ctypes.c_int32()
-        for _ in range(5):  # 15 latent frames through a 6-frame window: the ring wraps, the switch re-caches
-            assert lib.arvc_next_block(session, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
-                                       ctypes.c_size_t(buf.size), ctypes.byref(n)) == 0, lib.arvc_last_error()
-            frames.append(buf[: n.value * info.width * info.height * 3].reshape(n.value, info.height, info.width, 3).copy())
-        c_frames = np.concatenate(frames)
-    finally:
-        lib.arvc_close(session)
+        c.set_prompt(emb_a, seed=11)
+        assert c.switch_prompt(emb_b, at_block=2) == 2
+        with pytest.raises(CApiError, match="prompt embeddings must be") as e:
+            c.switch_prompt(emb_b[:, :-1])
+        assert e.value.status == 4  # ARVC_ERR_PROMPT
+        # 15 latent frames through a 6-frame window: the ring wraps, the switch re-caches
+        c_frames = np.concatenate([c.next_block() for _ in range(5)])
+        assert c.stats().frames == len(c_frames)
 
     py = arvc.load(plan, threads=2)
     switch_s = py.frames_before_block(2) / py.fps  # the block_for_time of this instant is block 2
