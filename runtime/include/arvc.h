@@ -115,7 +115,8 @@ ARVC_API arvc_status arvc_get_stats(const arvc_session *session, arvc_stats *sta
 
 /* Start a new stream (from block 0, empty cache) with a text prompt (plans with a text encoder: words of
  * the plan's vocabulary) or prompt embeddings emb[tokens * dim] (row-major float32, dim = text_dim,
- * tokens <= text_len), and the noise seed. Any stream in progress is dropped. */
+ * tokens <= text_len), and the noise seed. Any stream in progress is dropped (after the DiT block in
+ * flight, if any, finishes). */
 ARVC_API arvc_status arvc_set_prompt(arvc_session *session, const char *text, uint64_t seed);
 ARVC_API arvc_status arvc_set_prompt_embeddings(arvc_session *session, const float *emb, int64_t tokens,
                                                 int64_t dim, uint64_t seed);
