@@ -4,10 +4,12 @@
 #   arvc/runtime/lib/      libarvc_kernels.so, libarvc.so, libarvc_kernels_cuda.so (whichever are built)
 #   arvc/runtime/bin/      arvc_stream (the example streaming program)
 #   arvc/runtime/include/  the public headers (runtime/include/*.h)
+#   arvc/runtime/lib/cmake/arvc/  the CMake package of the C API (arvc::arvc)
 # A plain `cmake --install` uses the usual lib/, bin/, include/ under CMAKE_INSTALL_PREFIX.
 # Every rule is guarded by if(TARGET ...): a target that is not configured (ARVC_CUDA=OFF, no nvcc, no C
 # runtime yet) is simply not installed.
 include(GNUInstallDirs)
+include(${CMAKE_CURRENT_LIST_DIR}/arvc_version.cmake)
 
 if(SKBUILD)
   set(ARVC_INSTALL_LIBDIR arvc/runtime/lib)
@@ -23,7 +25,7 @@ endif()
 # program in bin/ next to lib/.
 file(RELATIVE_PATH _arvc_bin_to_lib /${ARVC_INSTALL_BINDIR} /${ARVC_INSTALL_LIBDIR})
 
-foreach(_arvc_lib arvc_kernels arvc arvc_kernels_cuda)
+foreach(_arvc_lib arvc_kernels arvc_kernels_cuda)
   if(TARGET ${_arvc_lib})
     set_target_properties(${_arvc_lib} PROPERTIES INSTALL_RPATH "$ORIGIN")
     install(TARGETS ${_arvc_lib}
@@ -32,6 +34,21 @@ foreach(_arvc_lib arvc_kernels arvc arvc_kernels_cuda)
             RUNTIME DESTINATION ${ARVC_INSTALL_BINDIR})
   endif()
 endforeach()
+
+# The C API as a CMake package: find_package(arvc) + target_link_libraries(app PRIVATE arvc::arvc), with
+# CMAKE_PREFIX_PATH at the install prefix (in the wheel: <site-packages>/arvc/runtime).
+if(TARGET arvc)
+  set_target_properties(arvc PROPERTIES INSTALL_RPATH "$ORIGIN")
+  target_include_directories(arvc PUBLIC $<INSTALL_INTERFACE:${ARVC_INSTALL_INCLUDEDIR}>)
+  install(TARGETS arvc EXPORT arvcTargets LIBRARY DESTINATION ${ARVC_INSTALL_LIBDIR})
+  install(EXPORT arvcTargets NAMESPACE arvc:: DESTINATION ${ARVC_INSTALL_LIBDIR}/cmake/arvc)
+  include(CMakePackageConfigHelpers)
+  file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/arvcConfig.cmake "include(\${CMAKE_CURRENT_LIST_DIR}/arvcTargets.cmake)\n")
+  write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/arvcConfigVersion.cmake
+                                   VERSION ${ARVC_VERSION_STRING} COMPATIBILITY SameMinorVersion)
+  install(FILES ${CMAKE_CURRENT_BINARY_DIR}/arvcConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/arvcConfigVersion.cmake
+          DESTINATION ${ARVC_INSTALL_LIBDIR}/cmake/arvc)
+endif()
 
 if(TARGET arvc_stream)
   set_target_properties(arvc_stream PROPERTIES INSTALL_RPATH "$ORIGIN/${_arvc_bin_to_lib}")

@@ -36,7 +36,8 @@ def c_build(tmp_path_factory, tiny_plan):
     build = tmp_path_factory.mktemp("c_runtime")
     _run(["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DARVC_CUDA=OFF",
           f"-DARVC_TEST_PLAN={tiny_plan[0]}", f"-DPython3_EXECUTABLE={sys.executable}"])
-    _run(["cmake", "--build", str(build), "-j", "2", "--target", "arvc", "arvc_stream", "test_capi"])
+    _run(["cmake", "--build", str(build), "-j", "2", "--target", "arvc", "arvc_stream", "test_capi", "test_c_header",
+          "arvc_kernels"])  # everything `cmake --install` installs
     return build
 
 
@@ -64,8 +65,8 @@ def y4m_444_full_range(frames: np.ndarray, fps: int) -> bytes:
 
 
 def test_ctest_runs_the_capi_checks_and_the_example(c_build):
-    r = _run(["ctest", "--output-on-failure", "-R", "test_capi|example_stream"], cwd=c_build)
-    assert "test_capi" in r.stdout and "example_stream" in r.stdout and "100% tests passed" in r.stdout
+    r = _run(["ctest", "--output-on-failure", "-R", "test_capi|test_c_header|example_stream"], cwd=c_build)
+    assert all(t in r.stdout for t in ("test_capi", "test_c_header", "example_stream")) and "100% tests passed" in r.stdout
     assert (c_build / "runtime" / "example_stream.y4m").is_file()
 
 
@@ -135,3 +136,26 @@ def test_c_api_equals_python_on_a_quantized_plan_with_embeddings(c_build, quant_
     py_frames = np.stack(list(py.stream(emb_a, frames=len(c_frames), seed=11, switches=[(switch_s, emb_b)])))
     assert c_frames.shape == py_frames.shape == (9 + 4 * 12, 32, 32, 3)
     assert np.array_equal(c_frames, py_frames)
+
+
+
+def test_installed_cmake_package_serves_a_c_program(c_build, tiny_plan, tmp_path):
+    """`cmake --install` gives a CMake package: a C program finds it with find_package(arvc), links
+    arvc::arvc, and its first block equals Python's."""
+    prefix = tmp_path / "prefix"
+    _run(["cmake", "--install", str(c_build), "--prefix", str(prefix)])
+    out = build_and_run_consumer(prefix, tiny_plan[0], tmp_path)
+    assert np.array_equal(np.fromfile(out, np.uint8).reshape(-1, 128, 128, 3), python_block0(tiny_plan[0]))
+
+
+def build_and_run_consumer(prefix: Path, plan: Path, work: Path, env: dict | None = None) -> Path:
+    """tests/c_consumer built against the arvc installed at prefix, run on plan: its block-0 RGB file."""
+    _run(["cmake", "-S", str(REPO / "tests" / "c_consumer"), "-B", str(work / "consumer"), f"-DCMAKE_PREFIX_PATH={prefix}"])
+    _run(["cmake", "--build", str(work / "consumer")])
+    _run([str(work / "consumer" / "consumer"), str(plan), str(work / "b0.rgb")], env=env)
+    return work / "b0.rgb"
+
+
+def python_block0(plan: Path) -> np.ndarray:
+    session = arvc.load(plan, threads=2)
+    return np.stack(list(session.stream("a blue square", frames=session.frames_before_block(1), seed=5)))

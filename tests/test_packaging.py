@@ -14,6 +14,7 @@ import venv
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +65,11 @@ def test_wheel_contents(wheel):
     if (REPO / "runtime" / "include" / "arvc.h").is_file():  # the C API: libarvc.so comes with its header
         assert "arvc/runtime/lib/libarvc.so" in names
     # build inputs are not package data; no CUDA library (the wheel is built with ARVC_CUDA=OFF)
-    sources = [n for n in names if n.endswith(("CMakeLists.txt", ".cmake", ".c", ".cc", ".cpp", ".cu", ".cuh", ".hpp"))
+    sources = [n for n in names if (n.endswith(("CMakeLists.txt", ".cmake", ".c", ".cc", ".cpp", ".cu", ".cuh", ".hpp"))
+                                    and not n.startswith("arvc/runtime/lib/cmake/arvc/"))
                or (n.endswith(".h") and not n.startswith("arvc/runtime/include/"))]
+    if "arvc/runtime/lib/libarvc.so" in names:  # the C API's CMake package (find_package(arvc))
+        assert {"arvc/runtime/lib/cmake/arvc/arvcConfig.cmake", "arvc/runtime/lib/cmake/arvc/arvcTargets.cmake"} <= set(names)
     assert not sources, sources
     assert "arvc/runtime/lib/libarvc_kernels_cuda.so" not in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
@@ -114,3 +118,8 @@ print(json.dumps({"arvc": arvc.__file__, "kernels": kernels.__file__, "noise": n
                        env={**env, "ARVC_ONNXRUNTIME_LIB": str(ort_lib)}, cwd=run, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"the installed arvc_stream failed:\n{_tail(r)}"
     assert (tmp_path / "v.y4m").read_bytes().count(b"FRAME\n") == 16
+    # ... and a C program builds against the wheel's CMake package (CMAKE_PREFIX_PATH=<arvc.runtime>)
+    from test_c_runtime import build_and_run_consumer, python_block0
+
+    out = build_and_run_consumer(pkg / "runtime", tiny_plan[0], tmp_path, env={**env, "ARVC_ONNXRUNTIME_LIB": str(ort_lib)})
+    assert np.array_equal(np.fromfile(out, np.uint8).reshape(-1, 128, 128, 3), python_block0(tiny_plan[0]))
