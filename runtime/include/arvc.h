@@ -62,7 +62,7 @@ typedef struct arvc_session arvc_session; /* opaque */
 /* Set .size = sizeof(arvc_options) (arvc_options_default() does); zero fields take the defaults. */
 typedef struct arvc_options {
   uint32_t size;
-  int32_t threads;                 /* ONNX Runtime intra-op threads per stage; 0 = one per core */
+  int32_t threads;                 /* ONNX Runtime intra-op threads per stage; 0 = one per physical core */
   int32_t skip_verify;             /* 1: skip the SHA-256 check of the plan's files at open */
   int32_t no_prefetch;             /* 1: compute each block's DiT inside arvc_next_block (no worker thread) */
   const char *onnxruntime_library; /* path of libonnxruntime.so; NULL = the search order above */

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <set>
 
 #include "arvc_noise.h"
 #include "error.h"
@@ -31,11 +33,25 @@ void to_rgb(const float *pixels, int n, int j, int h, int w, uint8_t *rgb) {
   }
 }
 
+// Python's default (runtime/ort_backend.py physical_cores, psutil): one thread per physical core, read
+// from Linux's CPU topology; the logical count where that is unavailable.
+int physical_cores() {
+  std::set<std::pair<std::string, std::string>> cores;
+  for (unsigned cpu = 0;; ++cpu) {
+    const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::ifstream package(dir + "physical_package_id"), core(dir + "core_id");
+    std::string p, c;
+    if (!(package >> p) || !(core >> c)) break;
+    cores.emplace(p, c);
+  }
+  return cores.empty() ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : static_cast<int>(cores.size());
+}
+
 }  // namespace
 
 Stream::Stream(const std::string &plan_dir, const arvc_options &options)
     : plan_(read_plan(plan_dir, !options.skip_verify)),
-      threads_(options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency())),
+      threads_(options.threads > 0 ? options.threads : physical_cores()),
       prefetch_(!options.no_prefetch) {
   load_onnxruntime(options.onnxruntime_library);
   try {
