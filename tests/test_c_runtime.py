@@ -64,19 +64,23 @@ def y4m_444_full_range(frames: np.ndarray, fps: int) -> bytes:
     return b"".join(out)
 
 
-def test_ctest_runs_the_capi_checks_and_the_example(c_build):
-    r = _run(["ctest", "--output-on-failure", "-R", "test_capi|test_c_header|example_stream"], cwd=c_build)
-    assert all(t in r.stdout for t in ("test_capi", "test_c_header", "example_stream")) and "100% tests passed" in r.stdout
+@pytest.fixture(scope="session")
+def ctest_run(c_build) -> subprocess.CompletedProcess:
+    """ctest's C API checks and example, run once; the example writes runtime/example_stream.y4m."""
+    return _run(["ctest", "--output-on-failure", "-R", "test_capi|test_c_header|example_stream"], cwd=c_build)
+
+
+def test_ctest_runs_the_capi_checks_and_the_example(ctest_run, c_build):
+    assert all(t in ctest_run.stdout for t in ("test_capi", "test_c_header", "example_stream"))
+    assert "100% tests passed" in ctest_run.stdout
     assert (c_build / "runtime" / "example_stream.y4m").is_file()
 
 
-def test_example_video_equals_python(c_build, python_example_frames, tiny_plan):
+def test_example_video_equals_python(ctest_run, c_build, python_example_frames, tiny_plan):
     """The ctest run's Y4M holds exactly the Python runtime's frames (same plan, seed, switch)."""
-    y4m = c_build / "runtime" / "example_stream.y4m"
-    if not y4m.is_file():
-        test_ctest_runs_the_capi_checks_and_the_example(c_build)
     assert len(python_example_frames) == 32
-    assert y4m.read_bytes() == y4m_444_full_range(python_example_frames, tiny_plan[1]["resolution"]["fps"])
+    y4m = (c_build / "runtime" / "example_stream.y4m").read_bytes()
+    assert y4m == y4m_444_full_range(python_example_frames, tiny_plan[1]["resolution"]["fps"])
 
 
 def test_example_callback_without_prefetch_equals_python(c_build, python_example_frames, tiny_plan, tmp_path):

@@ -80,6 +80,8 @@ Stream::Stream(const std::string &plan_dir, const arvc_options &options)
                               " elements, the manifest's geometry implies " + std::to_string(elements) + "; recompile the plan");
   for (auto &l : latents_) l.assign(frame_elems_ * g.frames_per_block, 0.0f);
   history_.assign(frame_elems_ * g.capacity_frames(), 0.0f);
+  vae_latent_.assign(frame_elems_, 0.0f);
+  rgb_.assign(static_cast<size_t>(plan_.width) * plan_.height * 3, 0);
   if (prefetch_) worker_ = std::thread([this] { worker_main(); });
 }
 
@@ -399,19 +401,17 @@ int Stream::next_block(const FrameSink &sink, size_t capacity_bytes, bool check_
     // VAE, one latent frame at a time, frames out as soon as they exist
     const auto &g = plan_.geometry;
     const size_t hw = static_cast<size_t>(plan_.latent_h) * plan_.latent_w;
-    std::vector<float> latent(frame_elems_);
-    std::vector<uint8_t> rgb(frame_bytes);
     const std::vector<float> &block = latents_[d % 2];
     for (int i = 0; i < g.frames_per_block; ++i) {
       for (int c = 0; c < plan_.in_channels; ++c)
-        std::memcpy(&latent[c * hw], &block[(static_cast<size_t>(c) * g.frames_per_block + i) * hw], hw * sizeof(float));
+        std::memcpy(&vae_latent_[c * hw], &block[(static_cast<size_t>(c) * g.frames_per_block + i) * hw], hw * sizeof(float));
       const double t0 = now_s();
       int n = 0;
-      const float *pixels = stages_->run_vae(latent.data(), first_latent_, &n);
+      const float *pixels = stages_->run_vae(vae_latent_.data(), first_latent_, &n);
       const double t1 = now_s();
       first_latent_ = false;
       for (int j = 0; j < n; ++j) {
-        to_rgb(pixels, n, j, plan_.height, plan_.width, rgb.data());
+        to_rgb(pixels, n, j, plan_.height, plan_.width, rgb_.data());
         int64_t index;
         {
           std::lock_guard<std::mutex> stat_lock(mu_);
@@ -419,7 +419,7 @@ int Stream::next_block(const FrameSink &sink, size_t capacity_bytes, bool check_
           if (first_frame_s_ < 0) first_frame_s_ = now_s() - t_start_;
           index = frames_++;
         }
-        sink(rgb.data(), index);  // the caller's code: never under the lock
+        sink(rgb_.data(), index);  // the caller's code: never under the lock
       }
     }
   } catch (...) {

@@ -81,6 +81,8 @@ class Stream {
   std::deque<std::pair<int64_t, Context>> pending_;  // (block, context), in call order
   std::vector<float> latents_[2];  // block b's clean latents in latents_[b % 2]
   int64_t decoded_ = 0;            // blocks handed to the caller
+  std::vector<float> vae_latent_;  // the caller's thread: one latent frame [C, h, w] for the VAE
+  std::vector<uint8_t> rgb_;       // and one frame [H, W, 3] for the sink
   bool first_latent_ = true;
 
   // stats
