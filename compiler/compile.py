@@ -30,7 +30,12 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 
 class CompileError(RuntimeError):
-    """The compiler refused to write a plan; the message says why and which stage."""
+    """The compiler refused to write a plan because of its input (options, checkpoint, output path); the message
+    says why and what to change. The CLI exits 2."""
+
+
+class ParityGateRefused(CompileError):
+    """The plan was built but does not match the reference closely enough; nothing was written. The CLI exits 3."""
 
 
 @dataclass(frozen=True)
@@ -358,7 +363,7 @@ def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, 
         f"(text {result['stages']['text']['psnr_db']:.1f}, vae {result['stages']['vae']['psnr_db']:.1f} dB)")
     if bad:
         stage_psnr = result["stages"].get(bad.split()[0], {}).get("psnr_db", result["frame_psnr_db"])
-        raise CompileError(f"parity gate failed: stage '{bad}' diverged from the reference ({stage_psnr:.1f} dB < "
+        raise ParityGateRefused(f"parity gate failed: stage '{bad}' diverged from the reference ({stage_psnr:.1f} dB < "
                            f"--min-psnr {min_psnr:.1f} dB; frame PSNR {result['frame_psnr_db']:.1f} dB, latent max abs "
                            f"error {result['max_abs_latent_error']:.2e}). No plan was written.")
     manifest["verification"] = result
