@@ -4,16 +4,25 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares ranges; constraints.txt is the exact, tested set this venv gets
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]' torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# after changing pyproject.toml's ranges: resolve them afresh in a scratch venv and record the exact set
+lock:
+	rm -rf build/lock-venv && $(PY) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --upgrade pip
+	build/lock-venv/bin/pip install -q torch==2.13.0 && build/lock-venv/bin/pip install -q '.[test]' torch==2.13.0
+	{ sed -n '1,3p' constraints.txt; build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^arvc' \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 DEMO_PROMPT := a red circle moving right on a dark blue background
 

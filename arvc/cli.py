@@ -1,10 +1,57 @@
-"""The `arvc` command line. Thin: every heavy import happens inside the subcommand that needs it."""
+"""The `arvc` command line. Thin: every heavy import happens inside the subcommand that needs it.
+
+Exit codes (README "Exit codes"), one prefix per command (``arvc <command>: error: ...`` on stderr):
+    0  success
+    1  anything unexpected (a bug: the traceback is printed)
+    2  usage or input error, raised before any work starts (argparse's own errors too)
+    3  parity refusal: compile's gate, or a selftest check, found the plan too far from the reference
+    4  integrity refusal: a tampered, truncated or unreadable plan
+"""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+import shlex
 import sys
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_PARITY, EXIT_INTEGRITY = 0, 1, 2, 3, 4
+# compiler/recipe.py's and quant/kv.py's lists (tests/test_cli_contract.py holds them equal), spelled out here
+# so that argparse refuses a bad value before any heavy import or work
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "nvfp4")
+KV_FORMATS = ("fp32", "fp16", "int8", "fp8", "nvfp4")
+
+
+class UsageError(Exception):
+    """Bad flags or input, found before any work: exit 2."""
+
+
+def _console(stderr: bool = False):
+    """A rich console that never cuts a table: off a terminal (logs, pipes, CI) lines are as wide as they need to be."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(file=stream, width=4096, soft_wrap=True, color_system=None)
+
+
+def _command(args, *, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
+    """The command line the user ran, with flags dropped (each with its value) and others added: suggestions
+    name commands that run as printed."""
+    argv, out, i = list(getattr(args, "argv", None) or sys.argv[1:]), [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        if flag in drop:
+            takes_value = "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            i += 2 if takes_value and flag not in _BOOLEAN_FLAGS else 1
+            continue
+        out.append(argv[i])
+        i += 1
+    return "arvc " + " ".join(shlex.quote(a) for a in [*out, *add])
+
+
+_BOOLEAN_FLAGS = ("--force", "--sensitivity", "--no-verify", "--json", "--quiet")
 
 
 # Built-in run defaults; a model directory's model.json overrides them, explicit flags override both.
@@ -61,7 +108,7 @@ def _timed(specs: list[str], flag: str) -> list[tuple[float, str]]:
             out.append((0.0, spec))  # an '@' that is part of the value
     out.sort(key=lambda item: item[0])
     if out[0][0] != 0:
-        raise SystemExit(f"arvc: the first {flag} must start at 0 seconds")
+        raise UsageError(f"the first {flag} must start at 0 seconds")
     return out
 
 
@@ -70,11 +117,11 @@ def _prompt_contexts(args, files, cfg) -> list[tuple[float, "object"]]:
     from arvc.runtime.torch_models import load_prompt_embeds, load_text_encoder
 
     if bool(args.prompt) == bool(args.prompt_embeds):
-        raise SystemExit("arvc: give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
+        raise UsageError("give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
     if args.prompt_embeds:
         return [(start, load_prompt_embeds(p, cfg)) for start, p in _timed(args.prompt_embeds, "--prompt-embeds")]
     if files.text_encoder is None:
-        raise SystemExit(f"arvc: {args.checkpoint} has no text encoder (text_encoder.safetensors); "
+        raise UsageError(f"{args.checkpoint} has no text encoder (text_encoder.safetensors); "
                          "pass precomputed embeddings with --prompt-embeds FILE")
     import torch
 
@@ -85,8 +132,6 @@ def _prompt_contexts(args, files, cfg) -> list[tuple[float, "object"]]:
 
 def cmd_run(args) -> int:
     import time
-
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from arvc.runtime.torch_models import load_dit_module, load_vae_module, resolve_checkpoint
@@ -97,16 +142,16 @@ def cmd_run(args) -> int:
 
     if is_plan(args.checkpoint):
         return cmd_run_plan(args)
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     if args.backend not in (None, "torch"):
-        raise SystemExit(f"arvc: backend {args.backend!r} needs a compiled plan (arvc compile); use --backend torch")
+        raise UsageError(f"backend {args.backend!r} needs a compiled plan (arvc compile); use --backend torch")
     if args.seconds <= 0:
-        raise SystemExit("arvc: --seconds must be > 0")
+        raise UsageError("--seconds must be > 0")
     args.device, args.dtype = args.device or "cpu", args.dtype or "fp32"
     files = resolve_checkpoint(args.checkpoint, args.vae)
     _fill_defaults(args, files.defaults)
     if files.vae is None:
-        raise SystemExit("arvc: no VAE: pass --vae VAE.safetensors (or put vae.safetensors beside model.safetensors)")
+        raise UsageError("no VAE: pass --vae VAE.safetensors (or put vae.safetensors beside model.safetensors)")
     dit = load_dit_module(files.dit, args.dtype, args.device, args.modulation_bf16)
     prompts = _prompt_contexts(args, files, dit.cfg)
     vae = load_vae_module(files.vae, "fp32" if args.device == "cpu" else args.dtype, args.device)
@@ -151,34 +196,64 @@ def _plan_backend(plan) -> str:
     return read_manifest(plan, verify_files=False).get("target", {}).get("backend", "ort")
 
 
+def _recompile_hint(plan_dir, changes: dict) -> str:
+    """The compile command that rebuilds ``plan_dir`` with ``changes`` (flag -> value), from its manifest."""
+    from arvc.runtime.plan import read_manifest
+
+    if {"--vae", "--modulation-bf16"} & set(changes):
+        return "a plan holds the VAE and the numerics it was compiled with; compile the checkpoint with the ones you want"
+    m = read_manifest(plan_dir, verify_files=False)
+    source = Path(m["source"]["checkpoint"])
+    if not source.is_file():
+        return f"recompile its checkpoint ({source}, not found from here) with {' '.join(changes)}"
+    model = source.parent if source.name == "model.safetensors" else source  # the directory brings its VAE, encoder
+    r, g, res = m["recipe"], m["geometry"], m["resolution"]
+    flags = {"--precision": r["weights"], "--kv-cache": r.get("kv_cache"), "--kv-sink-precision": r.get("kv_sink"),
+             "--activations": r.get("activations"), "--act-scales": r.get("act_scales") if r.get("activations") else None,
+             "--target": m["target"]["name"], "--height": res["height"], "--width": res["width"], "--fps": res["fps"],
+             "--timesteps": ",".join(f"{t:g}" for t in m["schedule"]["timesteps"]),
+             **{f"--{k.replace('_', '-')}": v for k, v in g.items()}}
+    if {"--shift", "--steps"} & set(changes):
+        flags["--timesteps"] = None  # compile's --timesteps would override them
+    flags.update(changes)
+    switches = []
+    if r.get("sensitivity"):
+        switches.append("--sensitivity")
+    name = Path(plan_dir).name.removesuffix(".plan") + "-" + "-".join(f"{k.lstrip('-')}{v}" for k, v in changes.items())
+    out = Path(plan_dir).with_name(f"{name}.plan")
+    argv = ["arvc", "compile", str(model), "-o", str(out)]
+    for k, v in flags.items():
+        if v is not None:
+            argv += [k, str(v)]
+    return f"recompile it with them: `{' '.join(shlex.quote(a) for a in argv + switches)}`"
+
+
 def cmd_run_plan(args) -> int:
     import time
-
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from arvc.runtime.plan_session import load
     from arvc.runtime.video import Mp4Writer
 
-    given = [f"--{k.replace('_', '-')}" for k in _COMPILED_FLAGS if getattr(args, k, None) is not None]
+    given = {f"--{k.replace('_', '-')}": getattr(args, k) for k in _COMPILED_FLAGS if getattr(args, k, None) is not None}
     if given:
-        raise SystemExit(f"arvc: {', '.join(given)} are fixed when a plan is compiled; recompile with "
-                         f"`arvc compile ... {' '.join(given)}` to change them")
+        raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} fixed when a plan is compiled; "
+                         f"{_recompile_hint(args.checkpoint, given)}")
     options = {}
     if args.backend == "torch" or (args.backend is None and _plan_backend(args.checkpoint) == "torch"):
         options = {"device": args.device, "dtype": args.dtype, "cache_ops": args.cache_ops,
                    "cuda_graph": False if args.no_cuda_graph else None}
     elif args.device or args.dtype or args.no_cuda_graph or args.cache_ops != "auto":
-        raise SystemExit("arvc: --device, --dtype, --cache-ops and --no-cuda-graph apply to the torch backend "
+        raise UsageError("--device, --dtype, --cache-ops and --no-cuda-graph apply to the torch backend "
                          "(--backend torch)")
     if args.seconds <= 0:
-        raise SystemExit("arvc: --seconds must be > 0")
+        raise UsageError("--seconds must be > 0")
+    if bool(args.prompt) == bool(args.prompt_embeds):
+        raise UsageError("give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
     try:
         session = load(args.checkpoint, threads=args.threads, backend=args.backend, **options)
-    except (RuntimeError, ValueError) as e:
-        raise SystemExit(f"arvc: {e}") from None
-    if bool(args.prompt) == bool(args.prompt_embeds):
-        raise SystemExit("arvc: give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
+    except RuntimeError as e:  # a backend this machine cannot run (no CUDA, no TensorRT): the request is the problem
+        raise UsageError(str(e)) from None
     if args.prompt_embeds:
         from arvc.checkpoints.safetensors_io import read_safetensors
 
@@ -193,9 +268,9 @@ def cmd_run_plan(args) -> int:
         prompts = _timed(args.prompt, "--prompt")
     fps = args.fps or session.fps
     if fps != session.fps:
-        raise SystemExit(f"arvc: this plan was compiled for {session.fps} fps; --fps {fps} would change its timing")
+        raise UsageError(f"this plan was compiled for {session.fps} fps; --fps {fps} would change its timing")
     total = round(args.seconds * fps)
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     frames = session.stream(prompts[0][1], frames=total, seed=args.seed, switches=prompts[1:])
     with Mp4Writer(args.output, session.width, session.height, fps) as writer, Progress(
         TextColumn("[bold]generating"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
@@ -225,16 +300,27 @@ RECIPE_FLAG_DEFAULTS = {"precision": "fp32", "kv_cache": "none", "kv_sink_precis
                         "act_scales": "per-layer", "calib_prompts": None, "calib_blocks": None}
 
 
-def _recipe_settings(args) -> dict:
-    """--recipe FILE fills the precision flags the command line left unset; explicit flags win."""
+def _recipe_settings(args, model_defaults: dict) -> dict:
+    """--recipe FILE fills the precision flags the command line left unset; explicit flags win. Without
+    --recipe, a model directory's model.json may name its own recipe for the --precision asked for
+    ("recipes": {"nvfp4": "recipes/nvfp4.json"}); --recipe none compiles without it."""
     from arvc.compiler.recipe import read_recipe_file
 
+    path = args.recipe
+    if path == "none":
+        path = args.recipe = None
+    elif path is None and args.precision in (model_defaults.get("recipes") or {}):
+        model_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+        path = str(model_dir / model_defaults["recipes"][args.precision])
+        if not args.json:
+            print(f"recipe: {path}, the model's own for --precision {args.precision} (--recipe none compiles "
+                  "without it)", file=sys.stderr)
     try:
-        settings = read_recipe_file(args.recipe) if args.recipe else {}
+        settings = read_recipe_file(path) if path else {}
     except ValueError as e:
-        raise SystemExit(f"arvc compile: {e}") from None
+        raise UsageError(str(e)) from None
     if settings.get("calib_prompts"):  # a recipe's relative path is relative to the recipe file
-        settings["calib_prompts"] = str(Path(args.recipe).parent / settings["calib_prompts"])
+        settings["calib_prompts"] = str(Path(path).parent / settings["calib_prompts"])
     for key, default in RECIPE_FLAG_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, settings.get(key, default))
@@ -242,12 +328,13 @@ def _recipe_settings(args) -> dict:
 
 
 def cmd_compile(args) -> int:
-    from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
+    from arvc.compiler.compile import (CompileError, CompileOptions, OutputExists, OutputRefused, ParityGateRefused,
+                                       compile_plan)
     from arvc.runtime.torch_models import resolve_checkpoint
 
     files = resolve_checkpoint(args.checkpoint)
     _fill_defaults(args, files.defaults)
-    recipe = _recipe_settings(args)
+    recipe = _recipe_settings(args, files.defaults)
     opts = CompileOptions(geometry=_geometry(args), schedule=_schedule(args), height=args.height, width=args.width,
                           fps=args.fps, precision=args.precision, kv_cache=args.kv_cache,
                           kv_sink=args.kv_sink_precision, keep=recipe.get("keep"), layer_formats=recipe.get("layers"),
@@ -257,12 +344,17 @@ def cmd_compile(args) -> int:
                           min_psnr=args.min_psnr,
                           verify_blocks=args.verify_blocks, verify=not args.no_verify, seed=args.seed, force=args.force)
     log = (lambda _msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    log(f"compiling {args.checkpoint} -> {args.output} ({args.precision}, target {args.target})")
     try:
         manifest = compile_plan(args.checkpoint, args.output, opts, log=log)
-    except CompileError as e:
-        print(f"arvc compile: refused: {e}", file=sys.stderr)
-        return 3
+    except ParityGateRefused as e:
+        raise ParityGateRefused(f"{e}{_gate_advice(args, e)}") from None
+    except OutputExists as e:
+        raise CompileError(f"{e}: `{_command(args, drop=('--force',), add=('--force',))}`") from None
+    except OutputRefused as e:
+        if e.suggested_output is None:
+            raise
+        other = _command(args, drop=("-o", "--output", "--force"), add=("-o", str(e.suggested_output)))
+        raise CompileError(f"{e}; to write the plan there: `{other}`") from None
     v, sens = manifest["verification"], manifest["recipe"].get("sensitivity")
     if args.json:
         print(json.dumps({"plan": str(args.output), "verification": v, "sensitivity": sens}, indent=2))
@@ -277,8 +369,34 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _gate_advice(args, e) -> str:
+    """The ways past a parity-gate refusal, each as a command that runs on this input (compile_plan attaches
+    what it measured as ``e.advice``)."""
+    import math
+
+    advice = getattr(e, "advice", None) or {}
+    lines = []
+    sweep = advice.get("sweep")
+    if sweep and sweep.get("met"):
+        kept = ", ".join(sweep["kept"])
+        lines.append(f"keep the most sensitive layers at full precision (measured here: keeping {kept} gives "
+                     f"{sweep['frame_psnr_db']:.1f} dB): `{_command(args, drop=('--sensitivity',), add=('--sensitivity',))}`")
+        if sweep.get("recipe"):
+            lines.append(f"or compile with that measurement, written as a recipe: "
+                         f"`{_command(args, drop=('--recipe', '--sensitivity'), add=('--recipe', sweep['recipe']))}`")
+    elif advice.get("sweep_skipped"):
+        lines.append(f"find the layers to keep at full precision ({advice['sweep_skipped']}): "
+                     f"`{_command(args, drop=('--sensitivity',), add=('--sensitivity',))}`, or name them in a "
+                     "recipe file (--recipe FILE, its \"keep\" map)")
+    measured = advice.get("psnr_db")  # the lowest PSNR the gate compared
+    if measured is not None and math.isfinite(measured) and measured > 0:
+        floor = math.floor(measured * 2) / 2 - 0.5  # below the measured value by a margin, on the 0.5 dB grid
+        lines.append(f"or accept this plan's quality ({measured:.1f} dB): "
+                     f"`{_command(args, drop=('--min-psnr',), add=('--min-psnr', f'{floor:g}'))}`")
+    return "".join(f"\n  - {line}" for line in lines)
+
+
 def _print_sensitivity(sens: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"sensitivity ({sens['format']}, {sens['blocks']} blocks; worst first)")
@@ -288,7 +406,7 @@ def _print_sensitivity(sens: dict) -> None:
     for r in sens["layers"]:
         t.add_row(r["layer"], f"{r['sqnr_db']:.2f}", f"{r['latent_psnr_db_alone']:.2f}",
                   "yes" if r["layer"] in sens["kept"] else "")
-    Console(stderr=True).print(t)
+    _console(stderr=True).print(t)
     print(f"mixed recipe: {len(sens['kept'])} layer(s) kept full precision, frame PSNR {sens['frame_psnr_db']:.2f} dB "
           f"(target {sens['target_frame_psnr_db']:.1f}, {'met' if sens['met'] else 'NOT met'})", file=sys.stderr)
 
@@ -343,10 +461,9 @@ def _inspect_plan(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     t = Table(title=f"plan {args.checkpoint}", show_header=False)
     for k in ("schema_version", "arvc_version", "created", "precision", "target", "model", "text_encoder",
               "numerics", "schedule", "geometry", "resolution", "stages"):
@@ -407,13 +524,13 @@ def cmd_eval(args) -> int:
     from arvc.compiler.evaluate import check_plot_path, evaluate, plot_drift
 
     if args.blocks < 1:
-        raise SystemExit(f"arvc eval: --blocks must be >= 1 (got {args.blocks}); drift needs a rollout of blocks")
+        raise UsageError(f"--blocks must be >= 1 (got {args.blocks}); drift needs a rollout of blocks")
     if args.prompts < 1:
-        raise SystemExit(f"arvc eval: --prompts must be >= 1 (got {args.prompts})")
+        raise UsageError(f"--prompts must be >= 1 (got {args.prompts})")
     plot = check_plot_path(args.plot) if args.plot else None  # fail before the rollout, not after
     log = lambda msg: print(msg, file=sys.stderr)  # progress on stderr in both modes: --json owns stdout only
     log(f"evaluating {args.plan} over {args.blocks} blocks x {args.prompts} prompts against the fp32 reference")
-    options = {"device": args.device} if args.backend == "torch" and args.device else {}
+    options = {"device": args.device} if args.device else {}  # the backend refuses it unless it reads it
     result = evaluate(args.plan, args.blocks, args.prompts, args.seed, args.reference, args.threads, log,
                       backend=args.backend, **options)
     if plot:
@@ -421,10 +538,9 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console, s, d = Console(), result["summary"], result["drift"]["frame_psnr_db"]
+    console, s, d = _console(), result["summary"], result["drift"]["frame_psnr_db"]
     kv = result["kv_cache"] + (f", sink {result['kv_sink']}" if result["kv_sink"] else "")
     t = Table(title=f"{result['plan']} ({result['precision']} weights, KV {kv}) vs fp32 reference, "
                     f"{result['blocks']} blocks x {result['prompts']} prompts")
@@ -458,24 +574,24 @@ def cmd_profile(args) -> int:
     from arvc.runtime.profiler import chrome_trace, plot_timeline, profile_plan
 
     if args.seconds <= 0:
-        raise SystemExit(f"arvc profile: --seconds must be > 0 (got {args.seconds})")
+        raise UsageError(f"--seconds must be > 0 (got {args.seconds})")
     if args.prompt and args.prompt_embeds:
-        raise SystemExit("arvc profile: give --prompt or --prompt-embeds, not both")
+        raise UsageError("give --prompt or --prompt-embeds, not both")
     for path, ext in ((args.trace, ".json"), (args.plot, ".png")):
         if path and (not path.endswith(ext) or not Path(path).resolve().parent.is_dir()):
-            raise SystemExit(f"arvc profile: {path}: expected a {ext} file in an existing directory")
+            raise UsageError(f"{path}: expected a {ext} file in an existing directory")
     prompt = args.prompt
     if args.prompt_embeds:
         from arvc.checkpoints.safetensors_io import read_safetensors
 
         tensors, _ = read_safetensors(args.prompt_embeds)
         prompt = tensors.get("context", next(iter(tensors.values()))).float()
-    options = {"device": args.device} if args.backend == "torch" and args.device else {}
+    options = {"device": args.device} if args.device else {}  # the backend refuses it unless it reads it
     try:
         report, rec = profile_plan(args.plan, args.seconds, prompt, args.seed, not args.no_warmup, args.backend,
                                    **options)
-    except (RuntimeError, ValueError) as e:
-        raise SystemExit(f"arvc profile: {e}") from None
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
     if args.trace:
         report["trace"] = str(chrome_trace(rec, args.trace))
     if args.plot:
@@ -483,10 +599,9 @@ def cmd_profile(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     ttff = report["time_to_first_frame_s"]
     console.print(f"{report['plan']}: {report['backend']}, {report['precision']}, {report['resolution']}; "
                   f"{report['frames']} frames in {report['wall_s']:.2f} s = {report['frames_per_second']} fps "
@@ -521,15 +636,14 @@ def cmd_profile(args) -> int:
 
 
 def cmd_selftest(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from arvc.compiler.selftest import SELFTEST_PRECISIONS, run_selftest
 
     precisions = tuple(args.precisions.split(",")) if args.precisions else SELFTEST_PRECISIONS
-    unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8", "fp8", "nvfp4")]
+    unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
-        raise SystemExit(f"arvc selftest: unknown precision(s) {unknown}; choose from fp32,fp16,bf16,int8,fp8,nvfp4")
+        raise UsageError(f"unknown precision(s) {unknown}; choose from {','.join(PRECISIONS)}")
     log = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     rows = run_selftest(args.target, precisions, log, device=args.device)
     passed = all(r["passed"] for r in rows)
@@ -543,7 +657,7 @@ def cmd_selftest(args) -> int:
             t.add_row(r["precision"], r["stage"], "-" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}",
                       "-" if r["min_psnr_db"] is None else f"{r['min_psnr_db']:.0f}",
                       "pass" if r["passed"] else "FAIL", r["detail"])
-        Console().print(t)
+        _console().print(t)
     return 0 if passed else 1
 
 
@@ -558,7 +672,6 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=str(args.checkpoint), show_header=False)
@@ -566,7 +679,7 @@ def cmd_inspect(args) -> int:
         if k == "config" and isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items())
         t.add_row(str(k), json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
-    Console().print(t)
+    _console().print(t)
     return 0
 
 
@@ -599,7 +712,6 @@ def cmd_explain_cache(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     mode = "global" if not geom.window else f"window {geom.window} (sink {geom.sink} + ring {geom.ring})"
@@ -609,7 +721,7 @@ def cmd_explain_cache(args) -> int:
     for r in rows:
         t.add_row(str(r["block"]), _ranges(r["frames"]), _ranges(r["writes_slots"]), _ranges(r["attends_frames"]),
                   _ranges(r["evicted_frames"]) or "-", _ranges(r["rope_query_positions"]))
-    Console().print(t)
+    _console().print(t)
     return 0
 
 
@@ -618,6 +730,8 @@ def cmd_convert(args) -> int:
 
     if args.kind == "self-forcing":
         info = convert.convert_self_forcing(args.input, args.output, which=args.which, num_heads=args.num_heads)
+    elif args.kind == "vae":
+        info = convert.convert_vae(args.input, args.output)
     else:
         info = convert.merge_lora(args.base, args.lora, args.output, alpha=args.alpha, rank=args.rank,
                                   num_heads=args.num_heads)
@@ -639,7 +753,6 @@ def cmd_plan_memory(args) -> int:
     if args.json:
         print(to_json(result))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     c = result["config"]
@@ -654,7 +767,7 @@ def cmd_plan_memory(args) -> int:
         t.add_row(k.replace("_", " "), f"{v / GB:.3f}", f"{v / GIB:.3f}")
     t.add_row("total", f"{result['total_bytes'] / GB:.3f}", f"{result['total_bytes'] / GIB:.3f}", style="bold")
     t.add_row("GPU memory", f"{result['gpu']['memory_bytes'] / GB:.0f}", f"{result['gpu']['memory_bytes'] / GIB:.1f}")
-    con = Console()
+    con = _console()
     con.print(t)
     con.print(("[green]" if result["fits"] else "[red]") + result["verdict"])
     r = Table(title=f"roofline (dense peaks; block GEMMs at the {c['gemm_rate']} rate, {c['steps']} steps + 1 cache call)")
@@ -714,17 +827,19 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a checkpoint to a verified plan (ONNX graphs + manifest)")
     c.add_argument("checkpoint", help="model directory (model.safetensors + vae.safetensors [+ model.json]) or DiT file")
     c.add_argument("-o", "--output", required=True, help="plan directory to write (atomically)")
-    c.add_argument("--precision", help="DiT weights: fp32 (default) | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: the "
-                                        "block linears)")
+    c.add_argument("--precision", choices=PRECISIONS,
+                   help="DiT weights: fp32 (default) | fp16 | bf16 | int8 | fp8 | nvfp4 (quantized: the block linears)")
     c.add_argument("--recipe", help="JSON recipe file: precision settings and per-layer overrides (keep a layer at "
-                                    "full precision, or another weight format); flags given here win")
+                                    "full precision, or another weight format); flags given here win. Default: the "
+                                    "model directory's own recipe for --precision (model.json \"recipes\"), if any; "
+                                    "none: without it")
     c.add_argument("--sensitivity", action="store_true",
                    help="measure each quantized layer (SQNR, end-to-end PSNR), keep the worst at full precision until "
                         "--min-psnr is met, and record the table in the manifest")
-    c.add_argument("--kv-cache",
+    c.add_argument("--kv-cache", choices=("none",) + KV_FORMATS,
                    help="KV cache storage: none (fp32) | fp16 | int8 | fp8 | nvfp4 (quantized once on write, one scale "
                         "per token and head)")
-    c.add_argument("--kv-sink-precision",
+    c.add_argument("--kv-sink-precision", choices=("same",) + KV_FORMATS,
                    help="storage of the sink frames, which every later block attends to: same (as --kv-cache) | fp32 | "
                         "fp16 | int8 | fp8 | nvfp4")
     c.add_argument("--activations", choices=["static", "dynamic", "none"],
@@ -768,11 +883,11 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("checkpoint", help="checkpoint (file or model directory), plan directory, or a preset: "
                                        "wan2.1-t2v-1.3b | wan2.1-t2v-14b")
     pm.add_argument("--gpu", required=True, help="h100 | h200 | b200 | rtx5090 | l40s | rtx4090")
-    pm.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8", "fp8", "nvfp4"],
+    pm.add_argument("--precision", choices=PRECISIONS,
                     help="DiT weights (default: the plan's, else bf16)")
-    pm.add_argument("--kv-cache", choices=["fp32", "fp16", "int8", "fp8", "nvfp4"],
+    pm.add_argument("--kv-cache", choices=KV_FORMATS,
                     help="KV-cache format (default: the plan's, else fp16 = 2 bytes like bf16)")
-    pm.add_argument("--kv-sink-precision", choices=["fp32", "fp16", "int8", "fp8", "nvfp4"],
+    pm.add_argument("--kv-sink-precision", choices=KV_FORMATS,
                     help="the sink frames' KV format when it differs")
     pm.add_argument("--height", type=int, help="video height (default: the plan's, else 480)")
     pm.add_argument("--width", type=int, help="video width (default: the plan's, else 832)")
@@ -849,6 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--alpha", type=float, help="LoRA alpha when the file does not store it")
     ll.add_argument("--rank", type=int, help="expected LoRA rank (checked)")
     ll.add_argument("-o", "--output", required=True)
+    va = csub.add_parser("vae", help="Wan2.1 VAE .pth (Wan2.1_VAE.pth) -> safetensors, encoder included")
+    va.add_argument("input")
+    va.add_argument("-o", "--output", required=True)
     for sp in (sf, ll):
         sp.add_argument("--num-heads", type=int, help="attention heads, only for non-Wan sizes (Wan: dim/128)")
     c.set_defaults(func=cmd_convert)
@@ -856,12 +974,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from arvc import __version__
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    parser.add_argument("--version", action="version", version=f"arvc {__version__}")
+    try:
+        args = parser.parse_args(argv)  # argparse prints usage errors as "arvc <command>: error: ..."
+    except SystemExit as e:  # --help, --version (0) and usage errors (2) return their code to main()'s caller
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    args.argv = argv
+    prefix = f"arvc {args.command}: error:"
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"arvc {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - mapped to the exit-code contract; anything unknown is a bug
+        code = _exit_code(e)
+        if code == EXIT_UNEXPECTED:
+            import traceback
+
+            traceback.print_exc()
+            print(f"{prefix} unexpected {type(e).__name__}: {e} (a bug in arvc; the traceback above says where)",
+                  file=sys.stderr)
+        else:
+            print(f"{prefix} {e}", file=sys.stderr)
+        return code
+
+
+_INPUT_ERRORS = (UsageError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _exit_code(e: BaseException) -> int:
+    # The error classes are looked up where they were raised from: importing them here would load torch for
+    # every command (compiler/compile imports it).
+    compile_mod, plan_mod = sys.modules.get("arvc.compiler.compile"), sys.modules.get("arvc.runtime.plan")
+    if compile_mod and isinstance(e, compile_mod.ParityGateRefused):
+        return EXIT_PARITY
+    if plan_mod and isinstance(e, plan_mod.PlanIntegrityError):
+        return EXIT_INTEGRITY
+    if isinstance(e, _INPUT_ERRORS) or (compile_mod and isinstance(e, compile_mod.CompileError)):
+        return EXIT_USAGE
+    return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ complete, verified plan (or whatever was there before).
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -21,7 +22,7 @@ import torch
 
 from arvc import __version__
 from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.plan import FORMAT, MANIFEST, SCHEMA_VERSION, seal_manifest, sha256_file
+from arvc.runtime.plan import FORMAT, MANIFEST, SCHEMA_VERSION, free_plan_path, seal_manifest, sha256_file
 from arvc.runtime.schedule import Schedule
 
 from .recipe import Recipe, default_min_psnr, recipe_for
@@ -36,6 +37,19 @@ class CompileError(RuntimeError):
 
 class ParityGateRefused(CompileError):
     """The plan was built but does not match the reference closely enough; nothing was written. The CLI exits 3."""
+
+
+class OutputExists(CompileError):
+    """The output already holds a plan (or is an empty directory) and --force was not given."""
+
+
+class OutputRefused(CompileError):
+    """The output is not a plan that may be replaced (the checkpoint itself, inside it, a file, a link, other
+    files, an unreadable plan), --force or not; ``suggested_output`` is a free path the plan could go to."""
+
+    def __init__(self, message: str, suggested_output: Path | None = None):
+        super().__init__(message)
+        self.suggested_output = suggested_output
 
 
 @dataclass(frozen=True)
@@ -102,9 +116,10 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
                  log: Callable[[str], None] = print) -> dict:
     from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module, resolve_checkpoint
 
-    output = Path(output)
-    if output.exists() and not opts.force:
-        raise CompileError(f"{output} already exists; pass --force to replace it (the old plan stays until the new one passes)")
+    shown, output = output, _check_output(checkpoint, output, opts.force)  # before any work: nothing to lose there
+    if opts.min_psnr is not None and math.isnan(opts.min_psnr):
+        raise CompileError("--min-psnr nan: every comparison with NaN is false, so nothing would fail the gate; "
+                           "give the threshold in dB")
     try:
         recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats,
                             opts.activations, opts.act_scales)
@@ -121,6 +136,7 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
                            "(pass --window and --sink, or drop --kv-sink-precision)")
     if opts.target not in TARGET_BACKENDS:
         raise CompileError(f"--target {opts.target}: unknown; choose one of {', '.join(TARGET_BACKENDS)}")
+    log(f"compiling {checkpoint} -> {shown} ({opts.precision}, target {opts.target})")  # the options are valid
     t_all = time.perf_counter()
 
     def step(name: str, t0: float) -> float:
@@ -165,13 +181,21 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
         manifest["recipe"]["sensitivity"] = sensitivity
         t0 = time.perf_counter()
         if opts.verify:
-            _verify(tmp, manifest, dit, vae, encoder, opts, log)
+            try:
+                _verify(tmp, manifest, dit, vae, encoder, opts, log)
+            except ParityGateRefused as refusal:
+                from .gate_advice import measure_way_out
+
+                shutil.rmtree(tmp, ignore_errors=True)  # the refused plan goes before the advice is measured
+                refusal.advice.update(measure_way_out(refusal.advice, dit, vae, encoder, recipe, opts, latent_hw, act,
+                                                      output, log))
+                raise
             t0 = step("parity gate vs reference", t0)
         else:
             manifest["verification"] = {"skipped": True, "passed": None, "reason": NOT_VERIFIED}
             log(f"  WARNING: {NOT_VERIFIED}")
         (tmp / MANIFEST).write_text(seal_manifest(manifest))
-        _replace(tmp, output)
+        _replace(tmp, output, opts.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -363,15 +387,99 @@ def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, 
         f"(text {result['stages']['text']['psnr_db']:.1f}, vae {result['stages']['vae']['psnr_db']:.1f} dB)")
     if bad:
         stage_psnr = result["stages"].get(bad.split()[0], {}).get("psnr_db", result["frame_psnr_db"])
-        raise ParityGateRefused(f"parity gate failed: stage '{bad}' diverged from the reference ({stage_psnr:.1f} dB < "
-                           f"--min-psnr {min_psnr:.1f} dB; frame PSNR {result['frame_psnr_db']:.1f} dB, latent max abs "
-                           f"error {result['max_abs_latent_error']:.2e}). No plan was written.")
+        refusal = ParityGateRefused(f"parity gate failed: stage '{bad}' diverged from the reference ({stage_psnr:.1f} dB "
+                                    f"< --min-psnr {min_psnr:.1f} dB; frame PSNR {result['frame_psnr_db']:.1f} dB, "
+                                    f"latent max abs error {result['max_abs_latent_error']:.2e}). No plan was written.")
+        compared = [result["frame_psnr_db"]] + [r["psnr_db"] for r in result["stages"].values()]
+        refusal.advice = {"stage": bad.split()[0], "psnr_db": min(compared), "min_psnr_db": min_psnr,
+                          "non_finite": bool(result.get("non_finite"))}
+        raise refusal
     manifest["verification"] = result
 
 
-def _replace(new: Path, target: Path) -> None:
-    """Move the finished plan into place; an existing target is swapped out only after that succeeds."""
-    if not target.exists():
+def _check_output(checkpoint: str | Path, output: str | Path, force: bool) -> Path:
+    """Refuse, before any work, an output whose replacement could lose data; -> the output as an absolute path.
+
+    Refused (OutputRefused, --force or not): the checkpoint being compiled (the same path, a path inside its
+    directory, or a directory holding it or any of its weight files), and anything at the output that is not
+    an arvc plan: a file, a link, a directory of other files, a plan whose manifest does not read (corrupt,
+    edited, a newer schema) or that holds files its manifest does not list. Without --force, a readable plan
+    (or an empty directory) is refused with OutputExists; with it, replaced once the new plan is done."""
+    from arvc.runtime.torch_models import resolve_checkpoint
+
+    shown = str(output)
+    out = Path(os.path.abspath(output))  # the link itself, not its target, if the output is a symbolic link
+    out_real = out.resolve()
+    ckpt_real = Path(checkpoint).resolve()
+    beside = free_plan_path(ckpt_real.parent / f"{ckpt_real.stem if ckpt_real.is_file() else ckpt_real.name}.plan")
+    fix = f"choose another -o outside the model (e.g. -o {beside})"
+    if out_real == ckpt_real:
+        raise OutputRefused(f"output {shown} is the checkpoint being compiled ({checkpoint}); writing the plan there "
+                            f"would destroy the model: {fix}", beside)
+    if ckpt_real.is_dir() and out_real.is_relative_to(ckpt_real):
+        raise OutputRefused(f"output {shown} is inside the checkpoint directory {checkpoint}; a plan is never "
+                            f"written into the model it is compiled from: {fix}", beside)
+    sources = [ckpt_real]
+    try:  # the weight files themselves: a model directory may link them in from elsewhere
+        files = resolve_checkpoint(checkpoint)
+        sources += [Path(f).resolve() for f in (files.dit, files.vae, files.text_encoder) if f is not None]
+    except (OSError, ValueError):
+        pass  # an unreadable checkpoint is reported, with its own message, when it is loaded
+    for src in sources:
+        if src == out_real or src.is_relative_to(out_real):
+            raise OutputRefused(f"output {shown} holds the checkpoint being compiled ({src}); replacing it would "
+                                f"delete the model: {fix}", beside)
+    _check_target(out, shown, force)
+    return out
+
+
+def _check_target(out: Path, shown: str, force: bool) -> None:
+    """What is at ``out`` may be replaced: nothing, an empty directory or a readable arvc plan (with --force)."""
+    from arvc.runtime.plan import MANIFEST, PlanError, read_manifest
+
+    if not os.path.lexists(out):
+        return
+    keep = "--force replaces only an existing arvc plan, never anything else"
+    free = free_plan_path(out.with_name(f"{out.stem if out.is_file() else out.name}.plan"))
+    other = f"choose another -o (e.g. -o {free})"
+    if out.is_symlink():
+        raise OutputRefused(f"output {shown} is a symbolic link (to {os.readlink(out)}); {keep}: pass the plan's "
+                            f"real path, or {other}", free)
+    if not out.is_dir():
+        raise OutputRefused(f"output {shown} is a file, not an arvc plan; {keep}: {other}, or delete the file "
+                            "yourself if you no longer need it", free)
+    entries = sorted(os.listdir(out))
+    if entries and MANIFEST not in entries:
+        raise OutputRefused(f"output {shown} is a directory that is not an arvc plan (no {MANIFEST}; it holds "
+                            f"{_some(entries)}); {keep}: {other}, or empty it yourself", free)
+    if entries:
+        try:
+            manifest = read_manifest(out, verify_files=False)
+        except PlanError as e:
+            raise OutputRefused(f"output {shown} holds a {MANIFEST} that does not read as an arvc plan ({e}); arvc "
+                                "deletes only plans it can read: delete it yourself if it is an old plan you no "
+                                f"longer need, or {other}", free) from None
+        listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+        extra = [n for n in entries if n != MANIFEST and n not in listed]
+        if extra:
+            raise OutputRefused(f"output {shown} is an arvc plan that also holds files it does not list "
+                                f"({_some(extra)}); replacing the plan would delete them: move them out of it, or "
+                                f"{other}", free)
+    if not force:
+        what = "already exists" if entries else "already exists (an empty directory)"
+        raise OutputExists(f"{shown} {what}; pass --force to replace it (the old plan stays until the new one passes)")
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _replace(new: Path, target: Path, force: bool = False) -> None:
+    """Move the finished plan into place; an existing target is swapped out only after that succeeds. The
+    target is checked again first: whatever appeared there during the compile is refused as at the start."""
+    _check_target(target, str(target), force)
+    if not os.path.lexists(target):
         os.replace(new, target)
         return
     old = target.with_name(f".{target.name}.old-{os.getpid()}")

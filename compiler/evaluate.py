@@ -10,6 +10,11 @@ plan's doing. Per block (mean over the prompts):
 - drift: the least-squares slope of frame PSNR over the block index and the first- vs last-quarter
   means; errors that accumulate through the KV cache show up as a falling curve.
 
+NaN or infinity in an output fails every comparison it enters (frame PSNR reads verify.PSNR_FLOOR, SSIM
+and cosine -1, the judge scores the prompt a miss) and ``non_finite`` names the stage that first produced
+it (text: the prompt context, dit: the clean latents, vae: frames decoded from finite latents) and whose
+output it was, so the report holds no NaN (JSON has none) and no NaN reads as a match.
+
 For the tiny model (its prompt grammar), the judge scores the plan's and the reference's videos on the
 same prompts and seeds; the difference in percentage points is the issue's "within 5 points of fp32".
 One prompt's rollout is held in memory at a time (fine for the tiny and small models this runs on CPU).
@@ -26,7 +31,7 @@ import torch
 
 from arvc.runtime.torch_models import CheckpointFiles, resolve_checkpoint
 
-from .verify import decode_plan, decode_reference, psnr
+from .verify import PSNR_FLOOR, decode_plan, decode_reference, is_finite, non_finite_side, psnr
 
 JUDGE_TARGET_POINTS = 5.0  # the issue's target: judge scores within 5 points of the fp32 reference
 
@@ -105,7 +110,12 @@ def _rollout_pair(session, dit, vae, plan_ctx: np.ndarray, ref_ctx: torch.Tensor
     return ref_lat, plan_lat, decode_reference(vae, ref_lat), decode_plan(session, plan_lat)
 
 
+WORST_SIMILARITY = -1.0  # SSIM and cosine of an output holding NaN / infinity: the worst either can be
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    if not (is_finite(a) and is_finite(b)):
+        return WORST_SIMILARITY
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     if denom == 0:  # all-zero latents: equal only if both are
@@ -120,7 +130,24 @@ def _ssim(ref: np.ndarray, test: np.ndarray) -> list[float]:
     side = min(ref.shape[2:])
     win = min(7, side if side % 2 else side - 1)
     return [float(structural_similarity(ref[:, i], test[:, i], data_range=2.0, channel_axis=0, win_size=win))
-            for i in range(ref.shape[1])]
+            if is_finite(ref[:, i]) and is_finite(test[:, i]) else WORST_SIMILARITY for i in range(ref.shape[1])]
+
+
+def non_finite_stage(ref_ctx, plan_ctx, ref_lat: np.ndarray, plan_lat: np.ndarray, ref_fr: np.ndarray,
+                     plan_fr: np.ndarray) -> tuple[str, str] | None:
+    """The first stage, in pipeline order, whose output holds NaN / infinity, and whose output it is
+    ("plan", "reference" or "reference and plan"): ("text" | "dit" | "vae", side), None when all are finite."""
+    for stage, ref, plan in (("text", ref_ctx, plan_ctx), ("dit", ref_lat, plan_lat), ("vae", ref_fr, plan_fr)):
+        side = non_finite_side(ref, plan)
+        if side:
+            return stage, side
+    return None
+
+
+def _failed_judge(score: dict) -> dict:
+    """A judge score for frames holding NaN / infinity: a miss, whatever their uint8 rendering happens to show."""
+    return {**score, "color_match": False, "direction_match": False, "background_match": False,
+            "found_fraction": 0.0, "non_finite": True}
 
 
 def drift(values: list[float]) -> dict:
@@ -200,20 +227,35 @@ def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_s
     spans = [(session.frames_before_block(b), session.frames_before_block(b + 1)) for b in range(blocks)]
     psnr_pb, ssim_pb, cos_pb = (np.zeros((prompts, blocks)) for _ in range(3))
     plan_scores, ref_scores, fpb = [], [], session.geometry.frames_per_block
+    non_finite = []  # per prompt whose outputs hold NaN / infinity: the first stage and block, and how many
     for i, text in enumerate(texts):
         t0 = time.perf_counter()
         plan_ctx = session.context_for(text)
         ref_ctx = encoder.encode([text]) if encoder is not None else torch.from_numpy(plan_ctx)
         ref_lat, plan_lat, ref_fr, plan_fr = _rollout_pair(session, dit, vae, plan_ctx, ref_ctx, blocks, seed + i)
+        bad_blocks = []
         for b, (f0, f1) in enumerate(spans):
+            lat = slice(b * fpb, (b + 1) * fpb)
             psnr_pb[i, b] = psnr(ref_fr[:, f0:f1], plan_fr[:, f0:f1], 2.0)
             ssim_pb[i, b] = np.mean(_ssim(ref_fr[:, f0:f1], plan_fr[:, f0:f1]))
-            cos_pb[i, b] = _cosine(ref_lat[:, :, b * fpb:(b + 1) * fpb], plan_lat[:, :, b * fpb:(b + 1) * fpb])
+            cos_pb[i, b] = _cosine(ref_lat[:, :, lat], plan_lat[:, :, lat])
+            bad = non_finite_stage(ref_ctx, plan_ctx, ref_lat[:, :, lat], plan_lat[:, :, lat], ref_fr[:, f0:f1],
+                                   plan_fr[:, f0:f1])
+            if bad:
+                bad_blocks.append((b, *bad))
+        if bad_blocks:
+            b, stage, side = bad_blocks[0]
+            non_finite.append({"prompt": i, "seed": seed + i, "stage": stage, "output": side, "first_block": b,
+                               "blocks": len(bad_blocks)})
+            log(f"  prompt {i + 1}/{prompts}: NaN or infinity in the {side} output of stage '{stage}' from block {b} "
+                f"({len(bad_blocks)} of {blocks} blocks); those blocks fail every comparison (frame PSNR "
+                f"{PSNR_FLOOR:.0f} dB, SSIM and cosine {WORST_SIMILARITY:.0f})")
         if judgeable:
             from arvc.tiny.judge import judge_frames
 
-            plan_scores.append(judge_frames(_uint8(plan_fr), text))
-            ref_scores.append(judge_frames(_uint8(ref_fr), text))
+            plan_score, ref_score = judge_frames(_uint8(plan_fr), text), judge_frames(_uint8(ref_fr), text)
+            plan_scores.append(plan_score if is_finite(plan_fr) else _failed_judge(plan_score))
+            ref_scores.append(ref_score if is_finite(ref_fr) else _failed_judge(ref_score))
         log(f"  prompt {i + 1}/{prompts}: {blocks} blocks, frame PSNR {psnr_pb[i].mean():.2f} dB, "
             f"SSIM {ssim_pb[i].mean():.4f} ({time.perf_counter() - t0:.1f} s)")
 
@@ -231,7 +273,9 @@ def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_s
         "summary": {"frame_psnr_db_mean": round(float(psnr_pb.mean()), 3), "frame_psnr_db_min": round(float(psnr_pb.min()), 3),
                     "ssim_mean": round(float(ssim_pb.mean()), 5), "ssim_min": round(float(ssim_pb.min()), 5),
                     "latent_cosine_mean": round(float(cos_pb.mean()), 6),
-                    "latent_cosine_min": round(float(cos_pb.min()), 6)},
+                    "latent_cosine_min": round(float(cos_pb.min()), 6),
+                    "non_finite_prompts": len(non_finite)},
+        "non_finite": non_finite,
         "drift": {"frame_psnr_db": drift(per_block["frame_psnr_db"]), "ssim": drift(per_block["ssim"])},
         "judge": _judge_summary(plan_scores, ref_scores) if judgeable else {
             "skipped": "the judge scores the tiny model's prompt grammar; this plan has "

@@ -7,6 +7,10 @@ stage is also measured on its own so that a failure names the stage that diverge
 - dit:   clean latents x0 of every block over the rollout (max abs error, PSNR)
 - vae:   the plan's VAE decoding the *reference* latents vs the reference VAE (PSNR, peak-to-peak 2)
 - frames: the plan end to end vs the reference end to end (PSNR) -- what a user sees
+
+NaN or infinity in any stage's output (the plan's or the reference's) fails that stage outright: NaN compares
+false with every threshold, so it is checked for, never left to a comparison. Such a stage's PSNR reads
+PSNR_FLOOR (JSON has no NaN) and ``non_finite`` names it.
 """
 from __future__ import annotations
 
@@ -19,11 +23,35 @@ from arvc.runtime.causal import CausalGenerator
 from arvc.runtime.plan_session import PlanSession
 
 PSNR_CAP = 200.0  # identical outputs; JSON has no infinity
+PSNR_FLOOR = -PSNR_CAP  # NaN / infinity in either output: below any threshold, and JSON has no NaN either
+STAGE_ORDER = ("text_encoder", "text", "dit", "vae", "frames")  # pipeline order: the first failure is named
+
+
+def is_finite(a) -> bool:
+    """Whether an array (numpy or torch) holds no NaN and no infinity."""
+    if isinstance(a, torch.Tensor):
+        return bool(torch.isfinite(a).all())
+    return bool(np.isfinite(np.asarray(a)).all())
+
+
+def non_finite_side(ref, plan) -> str | None:
+    """Whose output holds NaN / infinity: None (both finite), "plan", "reference" or "reference and plan"."""
+    bad = [side for side, a in (("reference", ref), ("plan", plan)) if not is_finite(a)]
+    return " and ".join(bad) or None
 
 
 def psnr(ref: np.ndarray, test: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(peak * peak / mse))
+    """PSNR in dB, within [PSNR_FLOOR, PSNR_CAP]. NaN / infinity in either array (or the peak) is PSNR_FLOOR,
+    never a pass: min(PSNR_CAP, nan) would read as a perfect match."""
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    if not (math.isfinite(peak) and is_finite(ref) and is_finite(test)):
+        return PSNR_FLOOR
+    mse = float(np.mean((ref - test) ** 2))
+    if mse == 0:
+        return PSNR_CAP
+    if not math.isfinite(mse) or peak <= 0:  # an all-zero reference against anything else
+        return PSNR_FLOOR
+    return max(PSNR_FLOOR, min(PSNR_CAP, 10 * math.log10(peak * peak / mse)))
 
 
 def default_blocks(geom) -> int:
@@ -49,11 +77,18 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
     the plan's own formats measure the lowering alone)."""
     ctx_a, ctx_b = verification_prompts(session)
     ref_a, ref_b = torch.from_numpy(ctx_a), torch.from_numpy(ctx_b)
-    stages = {}
+    stages, non_finite = {}, {}
+
+    def check(stage: str, ref, plan) -> None:
+        side = non_finite_side(ref, plan)
+        if side:
+            non_finite[stage] = side
+
     if text_encoder is not None:  # the model's own text encoder: the reference encodes the same words
         words = list(session.vocab)
         ref_a, ref_b = (text_encoder.encode([" ".join(w)]) for w in (words[:4], words[-4:]))
         stages["text_encoder"] = {"psnr_db": round(psnr(ref_a.numpy(), ctx_a, float(ref_a.abs().max())), 3)}
+        check("text_encoder", ref_a, ctx_a)
     switch_block = blocks // 2
 
     # text stage alone
@@ -62,6 +97,7 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
     text_ref = np.concatenate([t.reshape(-1).numpy() for kv in ref_cross for t in kv])
     text_plan = np.concatenate([_host(v).reshape(-1) for _, v in plan_cross])
     text_psnr = psnr(text_ref, text_plan, float(np.abs(text_ref).max()))
+    check("text", text_ref, text_plan)
 
     # dit over the rollout, same seed, same switch
     ref_gen = CausalGenerator(dit, session.geometry, session.schedule, session.latent_hw, seed=seed,
@@ -77,8 +113,10 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
         ref_lat.append(ref_gen.next_block().numpy())
         plan_lat.append(plan_gen.next_block().numpy())
     ref_lat_a, plan_lat_a = np.concatenate(ref_lat, axis=2), np.concatenate(plan_lat, axis=2)
-    latent_err = float(np.abs(ref_lat_a - plan_lat_a).max())
+    latent_err = float(np.abs(ref_lat_a.astype(np.float64) - plan_lat_a).max())  # float64: no overflow to inf
+    latent_err = latent_err if math.isfinite(latent_err) else math.inf  # NaN reads as "no error" to a comparison
     latent_psnr = psnr(ref_lat_a, plan_lat_a, float(np.abs(ref_lat_a).max()))
+    check("dit", ref_lat_a, plan_lat_a)
 
     # vae alone (reference latents through both) and end to end
     ref_frames = decode_reference(vae, ref_lat_a)
@@ -86,7 +124,9 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
     plan_frames = decode_plan(session, plan_lat_a)
     vae_psnr = psnr(ref_frames, plan_on_ref, 2.0)
     frame_psnr = psnr(ref_frames, plan_frames, 2.0)
-    return {
+    check("vae", ref_frames, plan_on_ref)
+    check("frames", ref_frames, plan_frames)
+    result = {
         "blocks": blocks, "seed": seed, "prompt_switch_at_block": switch_block,
         "latent_frames": int(ref_lat_a.shape[2]), "video_frames": int(ref_frames.shape[1]),
         "max_abs_latent_error": latent_err, "latent_psnr_db": round(latent_psnr, 3),
@@ -95,6 +135,9 @@ def run_parity(session: PlanSession, dit, vae, blocks: int, seed: int = 0, text_
                    "dit": {"psnr_db": round(latent_psnr, 3), "max_abs_error": latent_err},
                    "vae": {"psnr_db": round(vae_psnr, 3)}},
     }
+    if non_finite:  # stage -> whose output holds NaN / infinity; never in a manifest (the gate refuses)
+        result["non_finite"] = non_finite
+    return result
 
 
 def _host(value) -> np.ndarray:
@@ -105,7 +148,13 @@ def _host(value) -> np.ndarray:
 
 
 def diverged_stage(result: dict, min_psnr: float) -> str | None:
-    """The first stage, in pipeline order, below the threshold; None when the plan passes."""
+    """The first stage, in pipeline order, below the threshold; None when the plan passes. NaN / infinity in
+    a stage's output fails it whatever the threshold: "STAGE (NaN or infinity in the plan's output)"."""
+    non_finite = result.get("non_finite") or {}
+    for stage in STAGE_ORDER:
+        if stage in non_finite:
+            who = " and ".join(f"the {side}'s" for side in non_finite[stage].split(" and "))
+            return f"{stage} (NaN or infinity in {who} output)"
     for stage in ("text_encoder", "text", "dit", "vae"):
         if stage in result["stages"] and result["stages"][stage]["psnr_db"] < min_psnr:
             return stage

@@ -14,15 +14,43 @@ from pathlib import Path
 BACKENDS = ("ort", "torch", "tensorrt")
 
 
-def open_backend(name: str | None, plan_dir: Path, manifest: dict, *, threads: int | None = None,
-                 exact_qdq: bool = False, device: str | None = None, dtype: str | None = None,
-                 cache_ops: str = "auto", cuda_graph: bool | None = None, fp8_gemm: bool | None = None):
+# The options each backend reads, with their defaults; one given to a backend that would ignore it is refused,
+# not dropped (``device="cuda"`` on ONNX Runtime, which runs on the CPU, would run something else than asked).
+OPTION_DEFAULTS = {"threads": None, "exact_qdq": False, "device": None, "dtype": None, "cache_ops": "auto",
+                   "cuda_graph": None, "fp8_gemm": None}
+BACKEND_OPTIONS = {
+    "ort": ("threads", "exact_qdq"),
+    "torch": ("threads", "device", "dtype", "cache_ops", "cuda_graph", "fp8_gemm"),
+    "tensorrt": (),
+}
+
+
+def backend_options(name: str, options: dict) -> dict:
+    """``options`` completed with the defaults, after refusing unknown ones and ones ``name`` does not read."""
+    if name not in BACKEND_OPTIONS:
+        raise ValueError(f"backend {name!r} unknown; choose one of {', '.join(BACKENDS)}")
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown backend option(s) {', '.join(unknown)}; the backends take {', '.join(OPTION_DEFAULTS)}")
+    ignored = sorted(k for k, v in options.items() if v != OPTION_DEFAULTS[k] and k not in BACKEND_OPTIONS[name])
+    if ignored:
+        readers = [b for b, opts in BACKEND_OPTIONS.items() if set(ignored) <= set(opts)]
+        hint = f"; the {readers[0]} backend does (backend=\"{readers[0]}\")" if readers else ""
+        raise ValueError(f"the {name} backend does not use {', '.join(ignored)} (it takes "
+                         f"{', '.join(BACKEND_OPTIONS[name]) or 'no options'}){hint}")
+    return {**OPTION_DEFAULTS, **options}
+
+
+def open_backend(name: str | None, plan_dir: Path, manifest: dict, **options):
+    """options: threads, exact_qdq (ort); threads, device, dtype, cache_ops, cuda_graph, fp8_gemm (torch)."""
     chosen = name
     name = name or manifest.get("target", {}).get("backend", "ort")
+    o = backend_options(name, options)
+    threads, device = o["threads"], o["device"]
     if name == "ort":
         from .ort_backend import OrtBackend
 
-        return OrtBackend(plan_dir, manifest, threads, exact_qdq=exact_qdq)
+        return OrtBackend(plan_dir, manifest, threads, exact_qdq=o["exact_qdq"])
     if name == "torch":
         import torch
 
@@ -38,10 +66,9 @@ def open_backend(name: str | None, plan_dir: Path, manifest: dict, *, threads: i
             device = "cuda"
         if threads and device == "cpu":
             torch.set_num_threads(threads)
-        return TorchBackend(plan_dir, manifest, device=device, dtype=dtype, cache_ops=cache_ops, cuda_graph=cuda_graph,
-                            fp8_gemm=fp8_gemm)
+        return TorchBackend(plan_dir, manifest, device=device, dtype=o["dtype"], cache_ops=o["cache_ops"],
+                            cuda_graph=o["cuda_graph"], fp8_gemm=o["fp8_gemm"])
     if name == "tensorrt":
         from .trt_backend import TensorRTBackend
 
         return TensorRTBackend(plan_dir, manifest)
-    raise ValueError(f"backend {name!r} unknown; choose one of {BACKENDS}")

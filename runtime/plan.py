@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,43 @@ def is_plan(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def free_plan_path(path: Path) -> Path:
+    """``path``, or NAME-2.plan, NAME-3.plan, ... beside it: the first that does not exist (for suggestions)."""
+    stem = path.name.removesuffix(".plan")
+    n, candidate = 2, path
+    while candidate.exists() or candidate.is_symlink():
+        candidate, n = path.with_name(f"{stem}-{n}.plan"), n + 1
+    return candidate
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    return (path.is_file() and path.suffix == ".safetensors") or (
+        path.is_dir() and any((path / f).is_file() for f in ("model.safetensors", "model.json")))
+
+
+def not_a_plan(path: str | Path) -> str:
+    """Why ``path`` is no plan, and the command that makes one when the path says which checkpoint to use."""
+    path = Path(path)
+    if _looks_like_checkpoint(path):
+        target = free_plan_path(path.with_name(f"{path.stem if path.is_file() else path.name}.plan"))
+        return (f"{path} is a checkpoint, not a compiled plan; compile it first: "
+                f"`arvc compile {shlex.quote(str(path))} -o {shlex.quote(str(target))}`, then load {target}")
+    if not path.exists():
+        return f"{path}: no such plan; `arvc compile --help` says how to make one from a checkpoint"
+    return f"{path} is not an arvc plan (no {MANIFEST}); plans are the directories `arvc compile --help` describes"
+
+
 def read_manifest(plan_dir: str | Path, verify_files: bool = True) -> dict:
     plan_dir = Path(plan_dir)
     path = plan_dir / MANIFEST
     if not path.is_file():
-        raise PlanError(f"{plan_dir} is not an arvc plan (no {MANIFEST}); create one with `arvc compile CHECKPOINT -o {plan_dir}`")
+        raise PlanError(not_a_plan(plan_dir))
     raw = path.read_bytes()
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PlanIntegrityError(f"{path}: integrity check failed: not valid JSON ({e}); the plan is corrupted, "
-                                 "recompile it with `arvc compile`") from None
+                                 "recompile it from its checkpoint (arvc compile)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PlanError(f"{path}: not an arvc plan manifest (format must be {FORMAT!r})")
     version = manifest.get("schema_version")

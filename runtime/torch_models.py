@@ -46,12 +46,13 @@ def resolve_checkpoint(path: str | Path, vae: str | Path | None = None) -> Check
 
 def load_text_encoder(path: Path):
     """The tiny model's text encoder (arvc.tiny.text) from its safetensors file."""
-    from arvc.checkpoints.safetensors_io import read_safetensors
+    from arvc.checkpoints.safetensors_io import check_finite, read_safetensors
     from arvc.tiny.text import TextEncoderConfig, TinyTextEncoder
 
     tensors, meta = read_safetensors(path)
     if meta.get("arvc.format") != "arvc-tiny-text" or "arvc.config" not in meta:
         raise ValueError(f"{path}: not an arvc text encoder (metadata arvc.format must be 'arvc-tiny-text')")
+    check_finite(path, tensors)
     enc = TinyTextEncoder(TextEncoderConfig.from_json(meta["arvc.config"]))
     enc.load_state_dict(tensors)
     return enc.eval()

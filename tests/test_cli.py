@@ -118,10 +118,10 @@ def test_run_bad_inputs_give_clear_errors(ckpt, tmp_path, capsys, extra, message
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_run_without_vae_says_how_to_pass_one(ckpt, tmp_path):
-    with pytest.raises(SystemExit, match="--vae"):
-        main(["run", str(ckpt / "model.safetensors"), "--prompt-embeds", str(ckpt / "p0.safetensors"),
-              "-o", str(tmp_path / "v.mp4")])
+def test_run_without_vae_says_how_to_pass_one(ckpt, tmp_path, capsys):
+    assert main(["run", str(ckpt / "model.safetensors"), "--prompt-embeds", str(ckpt / "p0.safetensors"),
+                 "-o", str(tmp_path / "v.mp4")]) == 2
+    assert "arvc run: error: no VAE: pass --vae" in capsys.readouterr().err
 
 
 def test_failed_stream_leaves_no_output(ckpt, tmp_path, monkeypatch):

@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from arvc.checkpoints.convert import convert_self_forcing, merge_lora, safe_torch_load
+from arvc.checkpoints.convert import classify_pickle, convert_self_forcing, convert_vae, merge_lora, safe_torch_load
 from arvc.checkpoints.dit_names import to_diffusers_names
-from arvc.checkpoints.load import load_dit
+from arvc.checkpoints.load import describe_checkpoint, load_dit, load_vae
 from arvc.checkpoints.safetensors_io import CheckpointError, read_safetensors, write_safetensors_atomic
-from arvc.model.config import WAN_PRESETS, WanConfig
+from arvc.cli import main as arvc_main
+from arvc.model.config import WAN_PRESETS, WanConfig, WanVAEConfig
 from arvc.model.dit import WanDiT, init_random_weights_
+from arvc.model.vae import WanVAEDecoder
+from arvc.model.vae_encoder import WanVAEEncoder
 
 TINY = WAN_PRESETS["test-tiny"]
 HEADS = TINY.num_heads  # dim 64 is outside Wan's head_dim-128 rule, so tests pass the head count
@@ -313,3 +318,237 @@ def test_merge_errors(longlive, tmp_path):
     with pytest.raises(CheckpointError, match="LoRA file not found"):
         merge_lora(base_pt, tmp_path / "missing.pt", out, alpha=ALPHA, num_heads=HEADS)
     assert not out.exists()  # nothing is written when a merge fails
+
+
+# -- Wan VAE .pth and "what is this pickle?" -------------------------------------------------------
+
+TINY_VAE = WanVAEConfig(base_dim=4)  # Wan's layout and 16-channel latent (its statistics apply), tiny widths
+
+
+def tiny_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Encoder + decoder in original Wan names, as Wan2.1_VAE.pth stores them."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for model in (WanVAEEncoder(TINY_VAE), WanVAEDecoder(TINY_VAE)):
+        sd.update({k: torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()})
+    return sd
+
+
+def run_cli(command: str) -> int:
+    """Run a suggested command exactly as printed (it must start with 'arvc ')."""
+    argv = shlex.split(command)
+    assert argv[0] == "arvc", command
+    return arvc_main(argv[1:])
+
+
+def backticked_commands(message: str) -> list[str]:
+    return re.findall(r"`(arvc [^`]*)`", message)
+
+
+def wan_to_diffusers_vae(sd: dict[str, torch.Tensor], cfg: WanVAEConfig) -> dict[str, torch.Tensor]:
+    """Original Wan VAE names -> diffusers AutoencoderKLWan names, written from diffusers' layout."""
+    part = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2",
+            "shortcut": "conv_shortcut"}
+    up, k = {}, 0  # decoder.upsamples.K -> up_blocks.I.{resnets.J | upsamplers.0}
+    for i in range(len(cfg.dim_mult)):
+        for j in range(cfg.num_res_blocks + 1):
+            up[k], k = f"up_blocks.{i}.resnets.{j}", k + 1
+        if i < len(cfg.dim_mult) - 1:
+            up[k], k = f"up_blocks.{i}.upsamplers.0", k + 1
+    fixed = {"conv1": "quant_conv", "conv2": "post_quant_conv", "encoder.conv1": "encoder.conv_in",
+             "decoder.conv1": "decoder.conv_in", "encoder.head.0": "encoder.norm_out",
+             "encoder.head.2": "encoder.conv_out", "decoder.head.0": "decoder.norm_out",
+             "decoder.head.2": "decoder.conv_out", "encoder.middle.1": "encoder.mid_block.attentions.0",
+             "decoder.middle.1": "decoder.mid_block.attentions.0"}
+    out = {}
+    for key, v in sd.items():
+        module, param = key.rsplit(".", 1)
+        head = next((f for f in fixed if module == f or module.startswith(f + ".")), None)
+        if head is not None:
+            out[fixed[head] + key[len(head):]] = v
+            continue
+        m = re.match(r"(encoder|decoder)\.(middle|downsamples|upsamples)\.(\d+)\.(.+)$", module)
+        assert m, key
+        side, seq, n, rest = m[1], m[2], int(m[3]), part.get(m[4], m[4])
+        where = {"middle": f"mid_block.resnets.{n // 2}", "downsamples": f"down_blocks.{n}",
+                 "upsamples": up[n]}[seq]
+        out[f"{side}.{where}.{rest}.{param}"] = v
+    return out
+
+
+def assert_vae_file(path: Path, sd: dict[str, torch.Tensor]) -> None:
+    """The written file loads (load_vae, WanVAEEncoder, inspect) and holds exactly the original tensors."""
+    vae = load_vae(path)
+    assert vae.config == TINY_VAE
+    decoder = {k: v for k, v in sd.items() if k.startswith(("decoder.", "conv2."))}
+    assert_same(vae.state_dict, decoder)
+    WanVAEDecoder(vae.config).load_state_dict(vae.state_dict, strict=True)
+    stored, metadata = read_safetensors(path)
+    assert_same(stored, sd)  # encoder kept, bit for bit, in Wan names
+    encoder = WanVAEEncoder(vae.config)
+    encoder.load_state_dict({k: v for k, v in stored.items() if k.startswith(("encoder.", "conv1."))}, strict=True)
+    assert metadata["arvc.converted_by"] == "convert_vae" and metadata["arvc.encoder"] == "kept"
+    info = describe_checkpoint(path)
+    assert info["architecture"] == "wan2.1-vae" and info["problems"] == []
+
+
+def test_wan_vae_pth_suggested_command_converts_it(tmp_path):
+    sd = tiny_vae_state_dict()
+    folder = tmp_path / "wan weights"  # a space: the suggested command must quote the paths
+    folder.mkdir()
+    pth = folder / "Wan2.1_VAE.pth"
+    torch.save(sd, pth)
+    out = folder / "Wan2.1_VAE.safetensors"
+
+    words, command = classify_pickle(pth)
+    assert "Wan2.1 VAE" in words and "encoder and decoder" in words
+    assert command == f"arvc convert vae {shlex.quote(str(pth))} -o {shlex.quote(str(out))}"
+    assert run_cli(command) == 0
+    assert_vae_file(out, sd)
+
+    # The DiT converter names the file for what it is and gives the same command.
+    with pytest.raises(CheckpointError, match="This file is the Wan2.1 VAE") as e:
+        convert_self_forcing(pth, tmp_path / "dit.safetensors")
+    assert backticked_commands(str(e.value)) == [command]
+    # Converting the converted file again is pointless, and said so.
+    with pytest.raises(CheckpointError, match="already safetensors"):
+        convert_vae(out, tmp_path / "again.safetensors")
+    assert classify_pickle(out) == ("a safetensors file, not a pickle: arvc reads it directly", None)
+
+
+def test_diffusers_named_vae_pickle_converts_to_wan_names(tmp_path):
+    sd = tiny_vae_state_dict(seed=1)
+    pth = tmp_path / "vae.pt"
+    torch.save({"state_dict": wan_to_diffusers_vae(sd, TINY_VAE)}, pth)
+    words, command = classify_pickle(pth)
+    assert "diffusers names" in words and "under 'state_dict'" in words
+    info = convert_vae(pth, tmp_path / "vae.safetensors")
+    assert info["naming"] == "diffusers" and info["encoder"] == "kept" and info["tensors"] == len(sd)
+    assert_vae_file(tmp_path / "vae.safetensors", sd)
+
+    decoder_only = convert_vae(pth, tmp_path / "dec.safetensors", encoder=False)
+    assert decoder_only["encoder"] == "dropped" and decoder_only["encoder_tensors"] == 0
+    assert not any(k.startswith(("encoder.", "conv1.")) for k in read_safetensors(tmp_path / "dec.safetensors")[0])
+
+
+def test_convert_vae_refusals(tmp_path, self_forcing_pt):
+    pt, _, _ = self_forcing_pt
+    out = tmp_path / "vae.safetensors"
+    with pytest.raises(CheckpointError, match=r"not a Wan2.1 VAE checkpoint: this is a Self-Forcing / CausVid / "
+                                              r"LongLive training checkpoint whose 'generator_ema' entry") as e:
+        convert_vae(pt, out)
+    assert str(pt) in str(e.value)
+
+    lora = tmp_path / "lora.pt"
+    torch.save({"generator_lora": peft_state_dict(make_lora())}, lora)
+    with pytest.raises(CheckpointError, match=r"this is a LongLive LoRA checkpoint .*arvc convert lora --base") as e:
+        convert_vae(lora, out)
+    assert backticked_commands(str(e.value)) == []
+
+    sd = tiny_vae_state_dict()
+    bad = dict(sd)
+    bad["decoder.head.2.bias"] = torch.zeros(7)
+    torch.save(bad, tmp_path / "bad_dec.pth")
+    with pytest.raises(CheckpointError, match=r"not a usable Wan2.1 VAE checkpoint: .*decoder\.head\.2\.bias"):
+        convert_vae(tmp_path / "bad_dec.pth", out)
+    half = {k: v for k, v in sd.items() if not k.startswith("encoder.middle.")}
+    torch.save(half, tmp_path / "half_enc.pth")
+    with pytest.raises(CheckpointError,
+                       match=r"(?s)encoder tensors .* do not match .*missing tensors.*encoder\.middle\.") as e:
+        convert_vae(tmp_path / "half_enc.pth", out)
+    assert "encoder=False" in str(e.value)
+    assert classify_pickle(tmp_path / "half_enc.pth")[1] is None  # the CLI command would fail: none is offered
+    assert convert_vae(tmp_path / "half_enc.pth", out, encoder=False)["encoder"] == "dropped"
+    out.unlink()
+
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        convert_vae_with_object(tmp_path)
+    assert not out.exists()
+
+
+def convert_vae_with_object(tmp_path):
+    path = tmp_path / "obj.pth"
+    torch.save({**tiny_vae_state_dict(), "args": argparse.Namespace(x=1)}, path)
+    return convert_vae(path, tmp_path / "vae.safetensors")
+
+
+# Wan-sized width (dim 1024 -> 8 heads by Wan's head_dim-128 rule), so no --num-heads is needed.
+WAN_WIDE = WanConfig(dim=1024, ffn_dim=64, num_heads=8, num_layers=1, text_dim=32, text_len=8, freq_dim=32)
+
+
+def test_self_forcing_pickle_suggested_command_converts_it(tmp_path):
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(WAN_WIDE).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    ema = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
+    pt = tmp_path / "self_forcing_dmd.pt"
+    torch.save({"generator_ema": {"model." + k: v for k, v in ema.items()}, "critic": {}, "step": 600}, pt)
+    words, command = classify_pickle(pt)
+    assert words.startswith("a Self-Forcing / CausVid / LongLive training checkpoint whose 'generator_ema' entry "
+                            "is a Wan2.1 DiT (dim 1024, 1 layers")
+    out = tmp_path / "self_forcing_dmd.safetensors"
+    assert command == f"arvc convert self-forcing {pt} -o {out}"
+    assert run_cli(command) == 0
+    ck = load_dit(out)
+    assert ck.config.num_heads == 8
+    assert_same(ck.state_dict, ema)
+
+    # A plain DiT state dict pickle takes the same converter.
+    plain = tmp_path / "dit.pth"
+    torch.save(ema, plain)
+    words, command = classify_pickle(plain)
+    assert words.startswith("a plain state dict holding a Wan2.1 DiT")
+    assert run_cli(command) == 0
+    assert_same(load_dit(tmp_path / "dit.safetensors").state_dict, ema)
+
+
+def test_classify_pickle_without_a_runnable_command(tmp_path, self_forcing_pt, longlive):
+    pt, ema, _ = self_forcing_pt  # test-tiny: dim 64, the head count is not readable from the weights
+    words, command = classify_pickle(pt)
+    assert command is None and "--num-heads <heads>" in words and "`" not in words
+    out = shlex.quote(str(pt.with_suffix(".safetensors")))
+    # Filling in the one value the weights cannot give makes the described command work.
+    assert run_cli(f"arvc convert self-forcing {shlex.quote(str(pt))} -o {out} --num-heads {HEADS}") == 0
+    assert_same(load_dit(pt.with_suffix(".safetensors")).state_dict, ema)
+
+    _, lora_pt, _, _ = longlive
+    words, command = classify_pickle(lora_pt)
+    assert command is None and "`" not in words
+    assert words.startswith("a LongLive LoRA checkpoint ('generator_lora') (")
+    assert f"arvc convert lora --base <base model> --lora {lora_pt}" in words
+    assert "--alpha" in words and "rank 4" in words
+    bare = tmp_path / "peft.pt"
+    torch.save({**peft_state_dict(make_lora()), "lora_alpha": 8}, bare)
+    words, command = classify_pickle(bare)
+    assert command is None and words.startswith("a LoRA (") and "--alpha" not in words
+
+    other = tmp_path / "other.pt"
+    torch.save({"state": {"w": torch.zeros(1)}, "optimizer": {}}, other)
+    words, command = classify_pickle(other)
+    assert command is None and "no arvc command converts it" in words and "'optimizer'" in words
+    torch.save({"w": torch.zeros(2)}, other)
+    assert classify_pickle(other)[1] is None
+    torch.save([torch.zeros(1)], other)
+    assert classify_pickle(other) == (
+        "a pickle holding a list, not a checkpoint dict; no arvc command converts it", None)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"generator_ema": {}, "args": argparse.Namespace(x=1)}, evil)
+    words, command = classify_pickle(evil)
+    assert command is None and "argparse.Namespace" in words and not words.startswith(str(evil))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 100)
+    assert classify_pickle(junk)[1] is None
+    with pytest.raises(CheckpointError, match="not found"):
+        classify_pickle(tmp_path / "missing.pth")
+
+
+def test_pickle_named_safetensors_gets_a_command_that_does_not_overwrite_it(tmp_path):
+    sd = tiny_vae_state_dict()
+    wrong = tmp_path / "vae.safetensors"  # a torch pickle under the wrong suffix
+    torch.save(sd, wrong)
+    words, command = classify_pickle(wrong)
+    assert command == f"arvc convert vae {wrong} -o {tmp_path / 'vae.converted.safetensors'}"
+    assert run_cli(command) == 0
+    assert_vae_file(tmp_path / "vae.converted.safetensors", sd)
+    assert_same(safe_torch_load(wrong), sd)  # the input is untouched

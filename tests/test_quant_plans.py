@@ -15,6 +15,7 @@ from arvc.runtime.kv_cache import CacheGeometry
 from arvc.runtime.schedule import Schedule
 
 from conftest import SMALL_CFG_ARGS
+from quant_parity import assert_quantized_parity
 
 CFG = WanConfig(**SMALL_CFG_ARGS)
 
@@ -79,10 +80,13 @@ def test_quantized_kv_cache_plan_equals_the_reference_with_the_same_cache_format
     session = arvc.load(tmp_path / "kv.plan")
     assert sum(a.nbytes for a in session.backend.kv_arrays) == m["memory"]["kv_cache_bytes"]
     ref = init_random_weights_(WanDiT(CFG), seed=2).eval()
-    result = run_parity(session, ref, vae.eval(), blocks=5, reference_kv=kv, reference_kv_sink=sink)  # evicts twice
-    # ORT's and torch's GEMMs differ in the last fp32 bit; where that moves a value across a rounding
-    # boundary of the cache format one code flips (an int8 step, an fp16 ulp), hence 1e-3 and not 1e-6
-    assert result["max_abs_latent_error"] <= 1e-3 and result["frame_psnr_db"] >= 60.0
+    # ORT's and torch's GEMMs differ in the last fp32 bit; where that moves a value across a rounding boundary
+    # of the cache format one code flips (an int8 step, an fp16 ulp) and a free rollout amplifies it. So the
+    # rows each call writes are compared code for code (equal, or a certified one-step flip the reference then
+    # follows), and the latents are held to the fp32 plan's bounds (tests/quant_parity.py)
+    result = assert_quantized_parity(tmp_path / "kv.plan", tmp_path / "trace", ref, vae.eval(), blocks=5,  # evicts twice
+                                     reference_kv=kv, reference_kv_sink=sink)
+    assert {f"kv {kv}"} | ({f"kv {sink}"} if sink not in (None, "fp32") else set()) <= set(result["codes"])
 
 
 def test_kv_sink_precision_needs_a_sink(ckpt, tmp_path):

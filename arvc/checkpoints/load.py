@@ -1,8 +1,9 @@
 """Load, validate, describe and save Wan2.1 DiT and VAE checkpoints (safetensors).
 
 Every loaded state dict is in original Wan names and is checked name-by-name and shape-by-shape
-against the model arvc will build (``WanDiT`` / ``WanVAEDecoder`` on the meta device), so a bad
-file fails here, with the file named and the offending tensors listed, not deep inside a compile.
+against the model arvc will build (``WanDiT`` / ``WanVAEDecoder`` on the meta device), and every
+weight for NaN / infinity, so a bad file fails here, with the file named and the offending tensors
+listed, not deep inside a compile (or, worse, as a plan that "passes" with NaN outputs).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from arvc.model.config import WAN_PRESETS, WanConfig, WanVAEConfig
 
 from .dit_names import to_original_names
 from .infer import infer_wan_config
-from .safetensors_io import (CheckpointError, meta_tensors_from_header, read_safetensors,
+from .safetensors_io import (CheckpointError, check_finite, meta_tensors_from_header, read_safetensors,
                              read_safetensors_header, write_safetensors_atomic)
 
 LIST_LIMIT = 10
@@ -139,6 +140,7 @@ def load_dit(path: str | os.PathLike, num_heads: int | None = None) -> LoadedChe
     problems = validate_dit(named, cfg)
     if problems:
         raise _fail(path, f"does not match a Wan2.1 DiT with dim {cfg.dim}, {cfg.num_layers} layers", problems)
+    check_finite(path, sd)  # names as the file spells them
     return LoadedCheckpoint(path=path, state_dict=named, config=cfg, convention=info.convention,
                             prefix=info.prefix, dtypes=dtype_summary(named),
                             param_count=sum(t.numel() for t in named.values()), metadata=metadata)
@@ -203,6 +205,7 @@ def load_vae(path: str | os.PathLike, latent_mean: tuple[float, ...] | None = No
         raise _fail(path, "does not match the Wan2.1 VAE decoder", problems)
     kept = {k: v for k, v in named.items() if k in expected}
     dropped = sorted(k for k in sd if k.startswith(VAE_ENCODER_PREFIXES))
+    check_finite(path, {k: v for k, v in sd.items() if not k.startswith(VAE_ENCODER_PREFIXES)})  # the decoder's
     return LoadedVAE(path=path, state_dict=kept, config=cfg, convention=convention,
                      dtypes=dtype_summary(kept), param_count=sum(t.numel() for t in kept.values()),
                      dropped=dropped, metadata=metadata)

@@ -149,6 +149,40 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, metadata
 
 
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int, int]]:
+    """The floating tensors holding NaN or infinity: name -> (NaN count, infinity count, numel); {} when all
+    are finite. One isfinite pass per tensor; the counts are taken only for the bad ones."""
+    bad: dict[str, tuple[int, int, int]] = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.device.type == "meta":
+            continue
+        if t.element_size() == 1:  # float8: isfinite is not implemented for it
+            t = t.float()
+        if not bool(torch.isfinite(t).all()):
+            bad[name] = (int(torch.isnan(t).sum()), int(torch.isinf(t).sum()), t.numel())
+    return bad
+
+
+def check_finite(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], limit: int = 10) -> None:
+    """Raise CheckpointError naming the file and every tensor (up to ``limit``) that holds NaN or infinity:
+    such weights make every output garbage, and a NaN compares false with every threshold."""
+    bad = non_finite_tensors(tensors)
+    if not bad:
+        return
+
+    def counts(nan: int, inf: int, numel: int) -> str:
+        parts = [f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n]
+        return f"{' + '.join(parts)} of {numel} values"
+
+    names = list(bad)
+    listed = "; ".join(f"{n} ({counts(*bad[n])})" for n in names[:limit])
+    more = f"; ... and {len(names) - limit} more" if len(names) > limit else ""
+    raise CheckpointError(
+        f"{path}: non-finite weights (NaN or infinity) in {len(names)} tensor(s): {listed}{more}. The file is "
+        "corrupt, or it was saved from a diverged training run or an overflowing cast; re-download or re-export "
+        "it (arvc refuses to compile or run NaN weights).")
+
+
 def meta_tensors_from_header(header: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Shape-and-dtype stand-ins (meta device) for a header, so big files can be inspected free."""
     out = {}

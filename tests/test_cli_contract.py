@@ -1,0 +1,207 @@
+"""The command line as one tool: the exit-code contract (one test per code), one error prefix per command,
+--version and `python -m arvc`, tables that keep every number off a terminal, backends that refuse options
+they would ignore, and every command an error message suggests runs as printed on that input."""
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import arvc
+from arvc import cli
+from arvc.cli import main
+from arvc.compiler.selftest import write_random_checkpoint
+from conftest import REPO
+
+# a model directory whose model.json makes every suggested compile small and quick
+SMALL_DEFAULTS = {"format": "arvc-model-dir", "version": 1, "height": 32, "width": 32, "fps": 16,
+                  "schedule": {"timesteps": [1000.0, 500.0]},
+                  "geometry": {"frames_per_block": 3, "window": 6, "sink": 3, "max_frames": 21, "rope": "absolute"}}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d, _ = write_random_checkpoint(tmp_path_factory.mktemp("contract") / "small")
+    (d / "model.json").write_text(json.dumps(SMALL_DEFAULTS))
+    import torch
+
+    from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+
+    write_safetensors_atomic(d.parent / "prompt.safetensors", {"context": torch.randn(5, 32)})
+    return d
+
+
+@pytest.fixture(scope="module")
+def plan(model_dir):
+    out = model_dir.parent / "small.plan"
+    assert main(["compile", str(model_dir), "-o", str(out), "--verify-blocks", "4", "--json"]) == 0
+    return out
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+# --- one test per exit code -------------------------------------------------------------------------
+
+def test_exit_0_success(capsys):
+    rc, out, _ = _run(["explain-cache", "--blocks", "2", "--json"], capsys)
+    assert rc == cli.EXIT_OK == 0 and len(json.loads(out)["blocks"]) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compile", "{m}", "-o", "{t}/x.plan", "--precision", "int4"], "invalid choice: 'int4' (choose from 'fp32'"),
+    (["compile", "{t}/missing", "-o", "{t}/x.plan"], "missing"),
+    (["compile", "{m}", "-o", "{t}/x.plan", "--recipe", "{t}/no.json"], "no such file"),
+    (["run", "{p}", "--prompt-embeds", "{m}/../prompt.safetensors", "--seconds", "0", "-o", "{t}/v.mp4"],
+     "--seconds must be > 0"),
+    (["run", "{p}", "--prompt-embeds", "{m}/../prompt.safetensors", "--device", "cuda", "-o", "{t}/v.mp4"],
+     "apply to the torch backend"),
+    (["eval", "{p}", "--blocks", "0"], "--blocks must be >= 1"),
+    (["selftest", "--precisions", "int4"], "unknown precision(s) ['int4']; choose from fp32,fp16,bf16,int8,fp8,nvfp4"),
+])
+def test_exit_2_input_errors_before_any_work(argv, message, model_dir, plan, tmp_path, capsys):
+    argv = [a.format(m=model_dir, t=tmp_path, p=plan) for a in argv]
+    rc, out, err = _run(argv, capsys)
+    assert rc == cli.EXIT_USAGE == 2
+    assert message in err and f"arvc {argv[0]}: error:" in err  # one prefix per command
+    assert "compiling" not in err and "evaluating" not in err  # refused before any work started
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exit_3_parity_gate_refusal_only(model_dir, tmp_path, capsys):
+    out = tmp_path / "x.plan"
+    rc, _, err = _run(["compile", str(model_dir), "-o", str(out), "--verify-blocks", "4", "--min-psnr", "150"],
+                      capsys)
+    assert rc == cli.EXIT_PARITY == 3
+    assert "arvc compile: error: parity gate failed" in err and "No plan was written" in err and not out.exists()
+
+
+def test_exit_4_integrity_refusal(plan, tmp_path, capsys):
+    tampered = tmp_path / "tampered.plan"
+    shutil.copytree(plan, tampered)
+    weights = next(p for p in tampered.iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    for argv in (["inspect", str(tampered)],
+                 ["run", str(tampered), "--prompt-embeds", str(plan.parent / "prompt.safetensors"), "-o",
+                  str(tmp_path / "v.mp4")]):
+        rc, _, err = _run(argv, capsys)
+        assert rc == cli.EXIT_INTEGRITY == 4, err
+        assert f"arvc {argv[0]}: error:" in err and "integrity check failed" in err and weights.name in err
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_exit_1_anything_unexpected_prints_the_traceback(monkeypatch, capsys):
+    def broken(_args):
+        return {}["a bug"]
+
+    monkeypatch.setattr(cli, "cmd_explain_cache", broken)  # build_parser binds the subcommands when main runs
+    rc, _, err = _run(["explain-cache"], capsys)
+    assert rc == cli.EXIT_UNEXPECTED == 1
+    assert "Traceback" in err and "arvc explain-cache: error: unexpected KeyError" in err
+
+
+def test_choices_match_the_libraries():
+    from arvc.compiler.recipe import FLOAT_FORMATS, QUANTIZED_FORMATS
+    from arvc.quant.kv import KV_FORMATS
+
+    assert cli.PRECISIONS == FLOAT_FORMATS + QUANTIZED_FORMATS and cli.KV_FORMATS == KV_FORMATS
+
+
+# --- basics ----------------------------------------------------------------------------------------
+
+def test_version_and_python_dash_m(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"arvc {arvc.__version__}"
+    r = subprocess.run([sys.executable, "-m", "arvc", "explain-cache", "--blocks", "1", "--json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["blocks"][0]["frames"] == [0, 1, 2]
+    r = subprocess.run([sys.executable, "-m", "arvc", "compile", "x", "-o", "y", "--precision", "int4"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "arvc compile: error: argument --precision" in r.stderr
+
+
+def test_load_refuses_options_its_backend_ignores(plan):
+    with pytest.raises(ValueError, match=r"the ort backend does not use device .*backend=\"torch\""):
+        arvc.load(plan, device="cuda")
+    with pytest.raises(ValueError, match="the ort backend does not use cuda_graph, dtype"):
+        arvc.load(plan, backend="ort", dtype="bf16", cuda_graph=False)
+    with pytest.raises(ValueError, match="unknown backend option"):
+        arvc.load(plan, devcie="cuda")
+    assert arvc.load(plan, threads=1).backend.name == "ort"
+
+
+def test_tables_keep_every_number_off_a_terminal():
+    """Piped output (logs, CI) is not cut at 80 columns: the widest table prints whole."""
+    r = subprocess.run([sys.executable, "-m", "arvc", "plan-memory", "wan2.1-t2v-14b", "--gpu", "h100"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout and "FPS bound" in r.stdout and "DiT call TFLOP" in r.stdout
+    steady = next(line for line in r.stdout.splitlines() if "steady" in line)
+    as_json = subprocess.run([sys.executable, "-m", "arvc", "plan-memory", "wan2.1-t2v-14b", "--gpu", "h100",
+                              "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    fps = json.loads(as_json.stdout)["roofline"]["steady_block"]["fps_bound"]
+    assert f"{fps:.1f}" in steady
+
+
+# --- every suggested command runs as printed ---------------------------------------------------------
+
+SUGGESTION = re.compile(r"`(arvc [^`]+)`")
+
+
+def _suggestions(err: str) -> list[str]:
+    return SUGGESTION.findall(err)
+
+
+def _scenarios(model_dir, plan, tmp):
+    """(what goes wrong, argv) pairs whose error messages suggest commands."""
+    junk = tmp / "notes"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("x")
+    return [
+        ("a checkpoint where a plan belongs", ["profile", str(model_dir), "--seconds", "0.5"]),
+        ("an existing plan without --force", ["compile", str(model_dir), "-o", str(plan), "--verify-blocks", "4"]),
+        ("a plan flag changed at run time",
+         ["run", str(plan), "--prompt-embeds", str(plan.parent / "prompt.safetensors"), "--window", "9",
+          "-o", str(tmp / "w.mp4")]),
+        ("nvfp4 under its gate", ["compile", str(model_dir), "-o", str(tmp / "nv.plan"), "--precision", "nvfp4",
+                                  "--verify-blocks", "4", "--min-psnr", "30"]),
+        ("--force onto a directory that is no plan",
+         ["compile", str(model_dir), "-o", str(junk), "--force", "--verify-blocks", "4"]),
+    ]
+
+
+def test_every_suggested_command_runs(model_dir, plan, tmp_path, capsys, monkeypatch):
+    from arvc.compiler import gate_advice
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gate_advice, "AUTO_SWEEP_BUDGET_S", 1e9)  # the refusal measures the layers on any machine
+    ran = []
+    for what, argv in _scenarios(model_dir, plan, tmp_path):
+        rc, _, err = _run(argv, capsys)
+        assert rc in (2, 3), f"{what}: expected a refusal, got {rc}: {err}"
+        commands = _suggestions(err)
+        assert commands, f"{what}: the message suggests no command:\n{err}"
+        for command in commands:  # each is an alternative: run it on the input as the refusal left it
+            argv = shlex.split(command)[1:]
+            out = Path(argv[argv.index("-o") + 1]) if "-o" in argv else None
+            existed = out is not None and out.exists()
+            if existed:
+                shutil.copytree(out, tmp_path / "backup")  # e.g. --force replaces the shared plan
+            rc, _, err2 = _run(argv, capsys)
+            assert rc == 0, f"{what}: suggested `{command}` failed ({rc}):\n{err2}"
+            ran.append(command)
+            if out is not None and out.exists():
+                shutil.rmtree(out)
+            if existed:
+                shutil.move(tmp_path / "backup", out)
+    assert len(ran) == 7  # profile 1, existing plan 1, run-time flag 1, nvfp4 gate 3, --force on a non-plan 1
+    assert (junk := tmp_path / "notes" / "notes.txt").read_text() == "x"  # the refused --force left it alone
