@@ -78,7 +78,7 @@ class CompileOptions:
 
 
 NOT_VERIFIED = ("compiled with --no-verify: this plan was NOT checked against the reference; measure it with "
-                "`arvc eval PLAN` before trusting its output")
+                "arvc eval (on the machine it targets) before trusting its output")
 
 # --target -> the backend `arvc run` uses for the plan by default (runtime/backends.py)
 TARGET_BACKENDS = {"cpu": "ort", "cuda": "torch", "tensorrt": "tensorrt"}

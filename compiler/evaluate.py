@@ -190,12 +190,13 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
              reference: str | os.PathLike | None = None, threads: int | None = None,
              log: Callable[[str], None] = print, backend: str | None = None, **backend_options) -> dict:
     """backend (and backend_options, runtime/backends.open_backend's): what runs the plan; default its target."""
+    from arvc.runtime.plan import is_plan, not_a_plan
     from arvc.runtime.plan_session import PlanSession
 
     if blocks < 1 or prompts < 1:
         raise EvalError(f"--blocks and --prompts must be >= 1 (got {blocks} and {prompts})")
-    if not Path(plan_dir).is_dir():
-        raise EvalError(f"plan {plan_dir} does not exist; compile one with `arvc compile CHECKPOINT -o {plan_dir}`")
+    if not is_plan(plan_dir):
+        raise EvalError(not_a_plan(plan_dir))
     t_start = time.perf_counter()
     try:
         session = PlanSession(plan_dir, threads, backend=backend, **backend_options)

@@ -166,7 +166,14 @@ def _scenarios(model_dir, plan, tmp):
     junk = tmp / "notes"
     junk.mkdir()
     (junk / "notes.txt").write_text("x")
+    import torch
+
+    from arvc.checkpoints.safetensors_io import read_safetensors
+
+    vae, _ = read_safetensors(model_dir / "vae.safetensors")
+    torch.save(vae, tmp / "Wan2.1_VAE.pth")  # how Wan ships its VAE: a pickled state dict
     return [
+        ("a pickled VAE", ["inspect", str(tmp / "Wan2.1_VAE.pth")]),
         ("a checkpoint where a plan belongs", ["profile", str(model_dir), "--seconds", "0.5"]),
         ("an existing plan without --force", ["compile", str(model_dir), "-o", str(plan), "--verify-blocks", "4"]),
         ("a plan flag changed at run time",
@@ -203,5 +210,5 @@ def test_every_suggested_command_runs(model_dir, plan, tmp_path, capsys, monkeyp
                 shutil.rmtree(out)
             if existed:
                 shutil.move(tmp_path / "backup", out)
-    assert len(ran) == 7  # profile 1, existing plan 1, run-time flag 1, nvfp4 gate 3, --force on a non-plan 1
+    assert len(ran) == 8  # VAE pickle 1, profile 1, existing plan 1, run-time flag 1, nvfp4 gate 3, --force on a non-plan 1
     assert (junk := tmp_path / "notes" / "notes.txt").read_text() == "x"  # the refused --force left it alone

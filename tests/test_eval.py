@@ -121,7 +121,7 @@ def test_a_reference_with_another_sha256_is_refused(nvfp4_plan, small_ckpt, tmp_
 
 def test_bad_input_is_reported_before_any_rollout(nvfp4_plan, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope.plan"), "--blocks", "2"]) == 2
-    assert "does not exist; compile one with `arvc compile" in capsys.readouterr().err
+    assert "no such plan; `arvc compile --help`" in capsys.readouterr().err
     assert main(["eval", str(nvfp4_plan), "--blocks", "0"]) == 2
     assert "arvc eval: error: --blocks must be >= 1" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")

@@ -37,7 +37,9 @@ def _describe_foreign_format(head: bytes) -> str | None:
     """Name the format of a file that is not safetensors, from its first bytes."""
     if head.startswith(b"PK\x03\x04"):
         return "a PyTorch checkpoint (torch.save zip archive, e.g. a .pt/.pth file)"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6):
+    # protocol 2-5 pickles start 0x80 0x0N; a safetensors file whose 8-byte header length starts with those two
+    # bytes has its JSON header ("{") at byte 8, so that byte tells the two apart
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6) and head[8:9] != b"{":
         return "a Python pickle (legacy torch.save .pt/.pth/.bin file)"
     if head.startswith(b"GGUF"):
         return "a GGUF file (llama.cpp / ComfyUI-GGUF quantized format)"
@@ -49,11 +51,13 @@ def _describe_foreign_format(head: bytes) -> str | None:
 def _not_safetensors(path: Path, head: bytes, why: str) -> CheckpointError:
     foreign = _describe_foreign_format(head)
     if foreign is not None and ("PyTorch" in foreign or "pickle" in foreign):
+        from .convert import classify_pickle  # convert imports this module
+
+        what, command = classify_pickle(path)
+        how = f" Convert it with `{command}`, then pass the .safetensors file it writes." if command else ""
         return CheckpointError(
-            f"{path}: this is {foreign}, not a safetensors file. arvc reads safetensors only "
-            "(pickles can run arbitrary code). Convert it first with `arvc convert self-forcing "
-            f"{path} -o model.safetensors` (Self-Forcing / LongLive / CausVid training checkpoints; "
-            "`arvc convert lora` merges a LongLive LoRA), then pass the .safetensors file it writes."
+            f"{path}: this is {foreign}, not a safetensors file; arvc reads safetensors only (pickles can run "
+            f"arbitrary code). It holds {what}.{how}"
         )
     if foreign:
         return CheckpointError(f"{path}: this is {foreign}, not a safetensors file; "
