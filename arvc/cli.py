@@ -6,6 +6,7 @@ Exit codes (README "Exit codes"), one prefix per command (``arvc <command>: erro
     2  usage or input error, raised before any work starts (argparse's own errors too)
     3  parity refusal: compile's gate, or a selftest check, found the plan too far from the reference
     4  integrity refusal: a tampered, truncated or unreadable plan
+  130  interrupted (Ctrl-C), as a shell reports SIGINT
 """
 from __future__ import annotations
 
@@ -658,7 +659,10 @@ def cmd_selftest(args) -> int:
                       "-" if r["min_psnr_db"] is None else f"{r['min_psnr_db']:.0f}",
                       "pass" if r["passed"] else "FAIL", r["detail"])
         _console().print(t)
-    return 0 if passed else 1
+    if passed:
+        return EXIT_OK
+    # this machine cannot run the target at all: the request is the problem; else a check found a difference
+    return EXIT_USAGE if all(r["stage"] == "backend" for r in rows) else EXIT_PARITY
 
 
 def cmd_inspect(args) -> int:

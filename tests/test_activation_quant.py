@@ -55,8 +55,8 @@ def test_graph_qdq_equals_the_torch_emulation_bit_for_bit(fmt):
     x[3] = 0.0  # an all-zero token: dynamic scale 1
     x[5, :4] = [2.5, -2.5, 3.5, 1e4]  # an outlier beyond the static range
     # exact ties at scale 0.5 (a power of two: x / scale is exact): int8 2.5, -2.5, 0.5, 4.5 -> 2, -2, 0, 4;
-    # E4M3 17, -17, 19 -> 16, -16, 20 (half to even; half away from zero would differ in each)
-    x[7, :8] = [1.25, -1.25, 0.25, 2.25, 8.5, -8.5, 9.5, 0.0]
+    # E4M3 17, -17, 25 -> 16, -16, 24 (half to even; half away from zero would differ in each)
+    x[7, :8] = [1.25, -1.25, 0.25, 2.25, 8.5, -8.5, 12.5, 0.0]
     xt = torch.from_numpy(x)
     dynamic = ActQuant(fmt, "dynamic")
     assert np.array_equal(_run_qdq(dynamic, x), quantize_input(xt, dynamic, (), None).numpy())
@@ -65,8 +65,8 @@ def test_graph_qdq_equals_the_torch_emulation_bit_for_bit(fmt):
     halves = ActQuant(fmt, "static", torch.tensor(0.5))
     ties = quantize_input(xt, halves, (), None).numpy()
     assert np.array_equal(_run_qdq(halves, x), ties)
-    assert ties[7, :7].tolist() == ([1.0, -1.0, 0.0, 2.0, 8.5, -8.5, 9.5] if fmt == "int8" else
-                                    [1.25, -1.25, 0.25, 2.25, 8.0, -8.0, 10.0])
+    assert ties[7, :7].tolist() == ([1.0, -1.0, 0.0, 2.0, 8.5, -8.5, 12.5] if fmt == "int8" else
+                                    [1.25, -1.25, 0.25, 2.25, 8.0, -8.0, 12.0])
     steps = (1000.0, 500.0, 0.0)
     per_t = ActQuant(fmt, "static", scale_from_amax(torch.tensor([30.0, 8.0, 2.0]), fmt))
     for t in (1000.0, 500.0, 0.0, 260.0):  # 260 is nearest to 500: the graph and torch pick alike

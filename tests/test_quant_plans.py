@@ -84,8 +84,8 @@ def test_quantized_kv_cache_plan_equals_the_reference_with_the_same_cache_format
     # of the cache format one code flips (an int8 step, an fp16 ulp) and a free rollout amplifies it. So the
     # rows each call writes are compared code for code (equal, or a certified one-step flip the reference then
     # follows), and the latents are held to the fp32 plan's bounds (tests/quant_parity.py)
-    result = assert_quantized_parity(tmp_path / "kv.plan", tmp_path / "trace", ref, vae.eval(), blocks=5,  # evicts twice
-                                     reference_kv=kv, reference_kv_sink=sink)
+    result = assert_quantized_parity(tmp_path / "kv.plan", tmp_path / "trace", ref, vae.eval(),
+                                     blocks=5, reference_kv=kv, reference_kv_sink=sink)  # evicts twice
     assert {f"kv {kv}"} | ({f"kv {sink}"} if sink not in (None, "fp32") else set()) <= set(result["codes"])
 
 
