@@ -6,8 +6,8 @@ AVX2, AVX-512, VNNI, ...) sum in different orders, so a value entering a quantiz
 two by fp32 noise (measured <= 5e-7 of its row's amax). Where such a value lies within that noise of a
 rounding boundary, the two store adjacent codes: a *flip*, one quantization step, not an error of the
 plan. But a rollout amplifies it. On the int8 static per-layer plan, one flip in ``blocks.0.ffn.0`` at
-dit call 10 became 9 flips in ``ffn.2`` of the same call and 1 000+ in the next two calls: latents 0.023
-apart (max abs). A single flip injected at call 0 instead puts the free rollouts 57 dB (latents) / 50 dB
+dit call 10 became 9 flips in ``ffn.2`` of the same call, 1 048 in the next call and 2 853 in all: latents
+0.023 apart (max abs). A single flip injected at call 0 instead puts the free rollouts 57 dB (latents) / 50 dB
 (frames) apart, as far as the whole quantization is from fp32 (57 / 49 dB), i.e. as far as a real bug
 (a 2x scale on one layer: 48 dB frames). Whether and when the first flip happens depends on the CPU, so
 no bound on a free rollout is both tight and portable.
