@@ -212,3 +212,24 @@ def test_every_suggested_command_runs(model_dir, plan, tmp_path, capsys, monkeyp
                 shutil.move(tmp_path / "backup", out)
     assert len(ran) == 8  # VAE pickle 1, profile 1, existing plan 1, run-time flag 1, nvfp4 gate 3, --force on a non-plan 1
     assert (junk := tmp_path / "notes" / "notes.txt").read_text() == "x"  # the refused --force left it alone
+
+
+def test_no_message_suggests_a_placeholder_command():
+    """A backticked `arvc ...` in a message is a command to run as printed: no CHECKPOINT / FILE / ... in it.
+    (Prose may name placeholders, outside backticks.) Docstrings are documentation, not messages."""
+    import ast
+
+    placeholder = re.compile(r"\.\.\.|\b[A-Z][A-Z_]{2,}\b")
+    found = []
+    for layer in ("arvc", "compiler", "runtime", "quant"):
+        for path in sorted((REPO / layer).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                          if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                          and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                    for span in re.findall(r"(?<!`)`(arvc [^`]*)", node.value):
+                        if placeholder.search(span):
+                            found.append(f"{path.relative_to(REPO)}:{node.lineno}: `{span}`")
+    assert not found, "messages suggest commands that cannot run as printed:\n" + "\n".join(found)
