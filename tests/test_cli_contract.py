@@ -202,12 +202,13 @@ def test_every_suggested_command_runs(model_dir, plan, tmp_path, capsys, monkeyp
             out = Path(argv[argv.index("-o") + 1]) if "-o" in argv else None
             existed = out is not None and out.exists()
             if existed:
-                shutil.copytree(out, tmp_path / "backup")  # e.g. --force replaces the shared plan
+                shutil.move(out, tmp_path / "backup")  # e.g. --force replaces the shared plan
+                shutil.copytree(tmp_path / "backup", out)
             rc, _, err2 = _run(argv, capsys)
             assert rc == 0, f"{what}: suggested `{command}` failed ({rc}):\n{err2}"
             ran.append(command)
             if out is not None and out.exists():
-                shutil.rmtree(out)
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
             if existed:
                 shutil.move(tmp_path / "backup", out)
     assert len(ran) == 8  # VAE pickle 1, profile 1, existing plan 1, run-time flag 1, nvfp4 gate 3, --force on a non-plan 1
