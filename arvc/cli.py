@@ -1,58 +1,19 @@
-"""The `arvc` command line. Thin: every heavy import happens inside the subcommand that needs it.
-
-Exit codes (README "Exit codes"), one prefix per command (``arvc <command>: error: ...`` on stderr):
-    0  success
-    1  anything unexpected (a bug: the traceback is printed)
-    2  usage or input error, raised before any work starts (argparse's own errors too)
-    3  parity refusal: compile's gate, or a selftest check, found the plan too far from the reference
-    4  integrity refusal: a tampered, truncated or unreadable plan
-  130  interrupted (Ctrl-C), as a shell reports SIGINT
-"""
+"""The `arvc` command line. Thin: every heavy import happens inside the subcommand that needs it. The exit codes,
+error prefix, console and suggested commands are arvc/cli_contract.py's."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-import shlex
 import sys
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_PARITY, EXIT_INTEGRITY = 0, 1, 2, 3, 4
+from .cli_contract import (EXIT_INTEGRITY, EXIT_OK, EXIT_PARITY, EXIT_UNEXPECTED, EXIT_USAGE,  # noqa: F401 (API)
+                           UsageError, exit_code, gate_advice, recompile_hint, rerun_command, rich_console)
+
 # compiler/recipe.py's and quant/kv.py's lists (tests/test_cli_contract.py holds them equal), spelled out here
 # so that argparse refuses a bad value before any heavy import or work
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "nvfp4")
 KV_FORMATS = ("fp32", "fp16", "int8", "fp8", "nvfp4")
-
-
-class UsageError(Exception):
-    """Bad flags or input, found before any work: exit 2."""
-
-
-def _console(stderr: bool = False):
-    """A rich console that never cuts a table: off a terminal (logs, pipes, CI) lines are as wide as they need to be."""
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(file=stream, width=4096, soft_wrap=True, color_system=None)
-
-
-def _command(args, *, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
-    """The command line the user ran, with flags dropped (each with its value) and others added: suggestions
-    name commands that run as printed."""
-    argv, out, i = list(getattr(args, "argv", None) or sys.argv[1:]), [], 0
-    while i < len(argv):
-        flag = argv[i].split("=", 1)[0]
-        if flag in drop:
-            takes_value = "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            i += 2 if takes_value and flag not in _BOOLEAN_FLAGS else 1
-            continue
-        out.append(argv[i])
-        i += 1
-    return "arvc " + " ".join(shlex.quote(a) for a in [*out, *add])
-
-
-_BOOLEAN_FLAGS = ("--force", "--sensitivity", "--no-verify", "--json", "--quiet")
 
 
 # Built-in run defaults; a model directory's model.json overrides them, explicit flags override both.
@@ -143,7 +104,7 @@ def cmd_run(args) -> int:
 
     if is_plan(args.checkpoint):
         return cmd_run_plan(args)
-    console = _console(stderr=True)
+    console = rich_console(stderr=True)
     if args.backend not in (None, "torch"):
         raise UsageError(f"backend {args.backend!r} needs a compiled plan (arvc compile); use --backend torch")
     if args.seconds <= 0:
@@ -197,38 +158,6 @@ def _plan_backend(plan) -> str:
     return read_manifest(plan, verify_files=False).get("target", {}).get("backend", "ort")
 
 
-def _recompile_hint(plan_dir, changes: dict) -> str:
-    """The compile command that rebuilds ``plan_dir`` with ``changes`` (flag -> value), from its manifest."""
-    from arvc.runtime.plan import read_manifest
-
-    if {"--vae", "--modulation-bf16"} & set(changes):
-        return "a plan holds the VAE and the numerics it was compiled with; compile the checkpoint with the ones you want"
-    m = read_manifest(plan_dir, verify_files=False)
-    source = Path(m["source"]["checkpoint"])
-    if not source.is_file():
-        return f"recompile its checkpoint ({source}, not found from here) with {' '.join(changes)}"
-    model = source.parent if source.name == "model.safetensors" else source  # the directory brings its VAE, encoder
-    r, g, res = m["recipe"], m["geometry"], m["resolution"]
-    flags = {"--precision": r["weights"], "--kv-cache": r.get("kv_cache"), "--kv-sink-precision": r.get("kv_sink"),
-             "--activations": r.get("activations"), "--act-scales": r.get("act_scales") if r.get("activations") else None,
-             "--target": m["target"]["name"], "--height": res["height"], "--width": res["width"], "--fps": res["fps"],
-             "--timesteps": ",".join(f"{t:g}" for t in m["schedule"]["timesteps"]),
-             **{f"--{k.replace('_', '-')}": v for k, v in g.items()}}
-    if {"--shift", "--steps"} & set(changes):
-        flags["--timesteps"] = None  # compile's --timesteps would override them
-    flags.update(changes)
-    switches = []
-    if r.get("sensitivity"):
-        switches.append("--sensitivity")
-    name = Path(plan_dir).name.removesuffix(".plan") + "-" + "-".join(f"{k.lstrip('-')}{v}" for k, v in changes.items())
-    out = Path(plan_dir).with_name(f"{name}.plan")
-    argv = ["arvc", "compile", str(model), "-o", str(out)]
-    for k, v in flags.items():
-        if v is not None:
-            argv += [k, str(v)]
-    return f"recompile it with them: `{' '.join(shlex.quote(a) for a in argv + switches)}`"
-
-
 def cmd_run_plan(args) -> int:
     import time
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -239,7 +168,7 @@ def cmd_run_plan(args) -> int:
     given = {f"--{k.replace('_', '-')}": getattr(args, k) for k in _COMPILED_FLAGS if getattr(args, k, None) is not None}
     if given:
         raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} fixed when a plan is compiled; "
-                         f"{_recompile_hint(args.checkpoint, given)}")
+                         f"{recompile_hint(args.checkpoint, given)}")
     options = {}
     if args.backend == "torch" or (args.backend is None and _plan_backend(args.checkpoint) == "torch"):
         options = {"device": args.device, "dtype": args.dtype, "cache_ops": args.cache_ops,
@@ -271,7 +200,7 @@ def cmd_run_plan(args) -> int:
     if fps != session.fps:
         raise UsageError(f"this plan was compiled for {session.fps} fps; --fps {fps} would change its timing")
     total = round(args.seconds * fps)
-    console = _console(stderr=True)
+    console = rich_console(stderr=True)
     frames = session.stream(prompts[0][1], frames=total, seed=args.seed, switches=prompts[1:])
     with Mp4Writer(args.output, session.width, session.height, fps) as writer, Progress(
         TextColumn("[bold]generating"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
@@ -348,13 +277,13 @@ def cmd_compile(args) -> int:
     try:
         manifest = compile_plan(args.checkpoint, args.output, opts, log=log)
     except ParityGateRefused as e:
-        raise ParityGateRefused(f"{e}{_gate_advice(args, e)}") from None
+        raise ParityGateRefused(f"{e}{gate_advice(args, e)}") from None
     except OutputExists as e:
-        raise CompileError(f"{e}: `{_command(args, drop=('--force',), add=('--force',))}`") from None
+        raise CompileError(f"{e}: `{rerun_command(args, drop=('--force',), add=('--force',))}`") from None
     except OutputRefused as e:
         if e.suggested_output is None:
             raise
-        other = _command(args, drop=("-o", "--output", "--force"), add=("-o", str(e.suggested_output)))
+        other = rerun_command(args, drop=("-o", "--output", "--force"), add=("-o", str(e.suggested_output)))
         raise CompileError(f"{e}; to write the plan there: `{other}`") from None
     v, sens = manifest["verification"], manifest["recipe"].get("sensitivity")
     if args.json:
@@ -370,33 +299,6 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _gate_advice(args, e) -> str:
-    """The ways past a parity-gate refusal, each as a command that runs on this input (compile_plan attaches
-    what it measured as ``e.advice``)."""
-    import math
-
-    advice = getattr(e, "advice", None) or {}
-    lines = []
-    sweep = advice.get("sweep")
-    if sweep and sweep.get("met"):
-        kept = ", ".join(sweep["kept"])
-        lines.append(f"keep the most sensitive layers at full precision (measured here: keeping {kept} gives "
-                     f"{sweep['frame_psnr_db']:.1f} dB): `{_command(args, drop=('--sensitivity',), add=('--sensitivity',))}`")
-        if sweep.get("recipe"):
-            lines.append(f"or compile with that measurement, written as a recipe: "
-                         f"`{_command(args, drop=('--recipe', '--sensitivity'), add=('--recipe', sweep['recipe']))}`")
-    elif advice.get("sweep_skipped"):
-        lines.append(f"find the layers to keep at full precision ({advice['sweep_skipped']}): "
-                     f"`{_command(args, drop=('--sensitivity',), add=('--sensitivity',))}`, or name them in a "
-                     "recipe file (--recipe FILE, its \"keep\" map)")
-    measured = advice.get("psnr_db")  # the lowest PSNR the gate compared
-    if measured is not None and math.isfinite(measured) and measured > 0:
-        floor = math.floor(measured * 2) / 2 - 0.5  # below the measured value by a margin, on the 0.5 dB grid
-        lines.append(f"or accept this plan's quality ({measured:.1f} dB): "
-                     f"`{_command(args, drop=('--min-psnr',), add=('--min-psnr', f'{floor:g}'))}`")
-    return "".join(f"\n  - {line}" for line in lines)
-
-
 def _print_sensitivity(sens: dict) -> None:
     from rich.table import Table
 
@@ -407,7 +309,7 @@ def _print_sensitivity(sens: dict) -> None:
     for r in sens["layers"]:
         t.add_row(r["layer"], f"{r['sqnr_db']:.2f}", f"{r['latent_psnr_db_alone']:.2f}",
                   "yes" if r["layer"] in sens["kept"] else "")
-    _console(stderr=True).print(t)
+    rich_console(stderr=True).print(t)
     print(f"mixed recipe: {len(sens['kept'])} layer(s) kept full precision, frame PSNR {sens['frame_psnr_db']:.2f} dB "
           f"(target {sens['target_frame_psnr_db']:.1f}, {'met' if sens['met'] else 'NOT met'})", file=sys.stderr)
 
@@ -464,7 +366,7 @@ def _inspect_plan(args) -> int:
         return 0
     from rich.table import Table
 
-    console = _console()
+    console = rich_console()
     t = Table(title=f"plan {args.checkpoint}", show_header=False)
     for k in ("schema_version", "arvc_version", "created", "precision", "target", "model", "text_encoder",
               "numerics", "schedule", "geometry", "resolution", "stages"):
@@ -541,7 +443,7 @@ def cmd_eval(args) -> int:
         return 0
     from rich.table import Table
 
-    console, s, d = _console(), result["summary"], result["drift"]["frame_psnr_db"]
+    console, s, d = rich_console(), result["summary"], result["drift"]["frame_psnr_db"]
     kv = result["kv_cache"] + (f", sink {result['kv_sink']}" if result["kv_sink"] else "")
     t = Table(title=f"{result['plan']} ({result['precision']} weights, KV {kv}) vs fp32 reference, "
                     f"{result['blocks']} blocks x {result['prompts']} prompts")
@@ -602,7 +504,7 @@ def cmd_profile(args) -> int:
         return 0
     from rich.table import Table
 
-    console = _console()
+    console = rich_console()
     ttff = report["time_to_first_frame_s"]
     console.print(f"{report['plan']}: {report['backend']}, {report['precision']}, {report['resolution']}; "
                   f"{report['frames']} frames in {report['wall_s']:.2f} s = {report['frames_per_second']} fps "
@@ -658,7 +560,7 @@ def cmd_selftest(args) -> int:
             t.add_row(r["precision"], r["stage"], "-" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}",
                       "-" if r["min_psnr_db"] is None else f"{r['min_psnr_db']:.0f}",
                       "pass" if r["passed"] else "FAIL", r["detail"])
-        _console().print(t)
+        rich_console().print(t)
     if passed:
         return EXIT_OK
     # this machine cannot run the target at all: the request is the problem; else a check found a difference
@@ -683,7 +585,7 @@ def cmd_inspect(args) -> int:
         if k == "config" and isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items())
         t.add_row(str(k), json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
-    _console().print(t)
+    rich_console().print(t)
     return 0
 
 
@@ -725,7 +627,7 @@ def cmd_explain_cache(args) -> int:
     for r in rows:
         t.add_row(str(r["block"]), _ranges(r["frames"]), _ranges(r["writes_slots"]), _ranges(r["attends_frames"]),
                   _ranges(r["evicted_frames"]) or "-", _ranges(r["rope_query_positions"]))
-    _console().print(t)
+    rich_console().print(t)
     return 0
 
 
@@ -771,7 +673,7 @@ def cmd_plan_memory(args) -> int:
         t.add_row(k.replace("_", " "), f"{v / GB:.3f}", f"{v / GIB:.3f}")
     t.add_row("total", f"{result['total_bytes'] / GB:.3f}", f"{result['total_bytes'] / GIB:.3f}", style="bold")
     t.add_row("GPU memory", f"{result['gpu']['memory_bytes'] / GB:.0f}", f"{result['gpu']['memory_bytes'] / GIB:.1f}")
-    con = _console()
+    con = rich_console()
     con.print(t)
     con.print(("[green]" if result["fits"] else "[red]") + result["verdict"])
     r = Table(title=f"roofline (dense peaks; block GEMMs at the {c['gemm_rate']} rate, {c['steps']} steps + 1 cache call)")
@@ -995,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix} interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - mapped to the exit-code contract; anything unknown is a bug
-        code = _exit_code(e)
+        code = exit_code(e)
         if code == EXIT_UNEXPECTED:
             import traceback
 
@@ -1005,22 +907,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{prefix} {e}", file=sys.stderr)
         return code
-
-
-_INPUT_ERRORS = (UsageError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-
-
-def _exit_code(e: BaseException) -> int:
-    # The error classes are looked up where they were raised from: importing them here would load torch for
-    # every command (compiler/compile imports it).
-    compile_mod, plan_mod = sys.modules.get("arvc.compiler.compile"), sys.modules.get("arvc.runtime.plan")
-    if compile_mod and isinstance(e, compile_mod.ParityGateRefused):
-        return EXIT_PARITY
-    if plan_mod and isinstance(e, plan_mod.PlanIntegrityError):
-        return EXIT_INTEGRITY
-    if isinstance(e, _INPUT_ERRORS) or (compile_mod and isinstance(e, compile_mod.CompileError)):
-        return EXIT_USAGE
-    return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":
