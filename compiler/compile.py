@@ -208,7 +208,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
     import onnx
     import onnxruntime
 
-    from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+    from arvc.checkpoints.safetensors_io import non_finite_tensors, write_safetensors_atomic
 
     from .lower_dit import DitShapes, build_dit_graph, build_text_graph
     from .lower_traced import build_text_encoder_graph, build_vae_graphs
@@ -223,7 +223,14 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
             raise CompileError(problem)
     if recipe.weights in TORCH_DTYPES:
         dtype = TORCH_DTYPES[recipe.weights]
-        stored, quantized = {k: v.to(dtype) for k, v in dit.state_dict().items()}, []
+        original = dit.state_dict()
+        stored, quantized = {k: v.to(dtype) for k, v in original.items()}, []
+        overflowed = [k for k in non_finite_tensors(stored) if bool(torch.isfinite(original[k]).all())]  # the cast's
+        if overflowed:
+            names = ", ".join(list(overflowed)[:5]) + (f" and {len(overflowed) - 5} more" if len(overflowed) > 5 else "")
+            raise CompileError(f"--precision {recipe.weights}: {len(overflowed)} weight tensor(s) overflow the format's "
+                               f"range and would be stored as infinity ({names}); compile with --precision bf16 "
+                               "(fp32's range) or fp32")
     else:
         from arvc.quant.weights import quantize_state_dict
 

@@ -369,3 +369,16 @@ def test_eval_of_a_plan_with_nan_output_reports_failures_and_valid_json(plan, mo
 def test_a_manifest_never_holds_nan():
     with pytest.raises(ValueError):
         seal_manifest({"verification": {"frame_psnr_db": math.nan}})
+
+
+def test_weights_beyond_fp16_range_are_refused_not_stored_as_infinity(model, tmp_path):
+    """Finite fp32 weights above 65504 become infinity in fp16: the gate would catch it, --no-verify would not."""
+    tensors, meta = read_safetensors(model / "model.safetensors")
+    big = tensors["blocks.0.ffn.2.weight"].float()  # the shipped file is 16-bit: store this tensor in fp32
+    big.view(-1)[0] = 1e6
+    write_safetensors_atomic(model / "model.safetensors", {**tensors, "blocks.0.ffn.2.weight": big}, meta)
+    with pytest.raises(CompileError, match=r"--precision fp16: 1 weight tensor\(s\) overflow .*blocks\.0\.ffn\.2\.weight"
+                                           r".*--precision bf16"):
+        compile_plan(model, tmp_path / "x.plan", replace(FAST, precision="fp16"), log=QUIET)
+    assert not (tmp_path / "x.plan").exists() and not list(tmp_path.glob(".x.plan*"))
+    compile_plan(model, tmp_path / "x.plan", replace(FAST, precision="bf16"), log=QUIET)  # bf16 holds it
