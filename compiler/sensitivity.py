@@ -46,6 +46,11 @@ def reference_prompts(cfg, encoder, seed: int = 1234) -> tuple[torch.Tensor, tor
 def rollout(dit, geom, schedule, latent_hw, prompts, blocks: int, seed: int,
             kv: tuple[str, str | None] = ("fp32", None)) -> np.ndarray:
     gen = CausalGenerator(dit, geom, schedule, latent_hw, seed=seed, kv_format=kv[0], kv_sink_format=kv[1])
+    return roll(gen, prompts, blocks)
+
+
+def roll(gen, prompts, blocks: int) -> np.ndarray:
+    """The parity gate's rollout of a generator: prompt a, switched to b half-way (a LongLive re-cache)."""
     gen.set_prompt(prompts[0])
     out = []
     for b in range(blocks):

@@ -55,6 +55,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from arvc.compiler.sensitivity import roll
 from arvc.compiler.verify import decode_plan, decode_reference, psnr, verification_prompts
 from arvc.quant.activations import dynamic_scale, quantize_input, timestep_index, tracking_timestep
 from arvc.quant.formats import E2M1_VALUES, NVFP4, NVFP4_BLOCK, Fp8E4M3, Int8
@@ -247,17 +248,6 @@ class PlanTrace:
     latents: np.ndarray | None = None
 
 
-def _rollout(gen, contexts, blocks: int) -> np.ndarray:
-    """run_parity's rollout: prompt a, switch to b half-way (a LongLive re-cache), clean latents of every block."""
-    gen.set_prompt(contexts[0])
-    out = []
-    for b in range(blocks):
-        if b == blocks // 2:
-            gen.switch_prompt(contexts[1])
-        out.append(gen.next_block().numpy())
-    return np.concatenate(out, axis=2)
-
-
 def trace_plan(session: PlanSession, code_outputs: dict[str, str], blocks: int, seed: int) -> PlanTrace:
     backend, trace = session.backend, PlanTrace()
     binding, run = backend._dit_binding, backend.run_dit
@@ -276,7 +266,7 @@ def trace_plan(session: PlanSession, code_outputs: dict[str, str], blocks: int, 
 
     backend.run_dit = run_dit
     try:
-        trace.latents = _rollout(session.generator(seed), verification_prompts(session), blocks)
+        trace.latents = roll(session.generator(seed), verification_prompts(session), blocks)
     finally:
         del backend.run_dit
     return trace
@@ -509,7 +499,7 @@ def assert_quantized_parity(plan_dir: Path, work: Path, ref, vae, blocks: int, *
     over run_parity's rollout. Asserts 1-3 of the module docstring; returns the measurements."""
     plain = PlanSession(plan_dir, exact_qdq=exact_qdq)
     contexts = verification_prompts(plain)
-    plain_latents = _rollout(plain.generator(seed), contexts, blocks)
+    plain_latents = roll(plain.generator(seed), contexts, blocks)
 
     outputs = instrument_plan(Path(plan_dir), Path(work) / "instrumented.plan")
     expected = {n for n in (act_table or {})}
@@ -527,7 +517,7 @@ def assert_quantized_parity(plan_dir: Path, work: Path, ref, vae, blocks: int, *
     follower.on_cache(gen.cache)
     with ExitStack() as stack:
         stack.enter_context(follower.on_activations(ref))
-        ref_latents = _rollout(gen, tuple(torch.from_numpy(c) for c in contexts), blocks)
+        ref_latents = roll(gen, tuple(torch.from_numpy(c) for c in contexts), blocks)
     follower._end_call()
     if follower.call + 1 != len(trace.codes):
         raise AssertionError(f"the reference made {follower.call + 1} dit calls, the plan {len(trace.codes)}")
