@@ -1,6 +1,6 @@
 """arvc: compile and stream causal video diffusion generators."""
 
-__version__ = "0.1.0"
+from arvc.version import __version__
 
 
 def load(plan_dir, threads: int | None = None, verify: bool = True, exact_qdq: bool = False, backend: str | None = None,

@@ -81,7 +81,7 @@ def main() -> None:
     plan = args.plan
     if plan is None:
         plan = work / "tiny.plan"
-        subprocess.run([sys.executable, "-m", "arvc.cli", "compile", str(REPO / "models" / "tiny"), "-o", str(plan)],
+        subprocess.run([sys.executable, "-m", "arvc", "compile", str(REPO / "models" / "tiny"), "-o", str(plan)],
                        check=True, capture_output=True)
     lib = load_library(build_libarvc(work / "build"))
 

@@ -26,13 +26,14 @@ import onnxruntime
 import psutil
 import torch
 
+from arvc.checkpoints.text import load_text_encoder
 from arvc.compiler.compile import CompileOptions, compile_plan
+from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import WanConfig, WanVAEConfig
-from arvc.runtime.kv_cache import CacheGeometry
+from arvc.model.schedule import Schedule
+from arvc.reference.models import load_dit_module, load_vae_module
+from arvc.reference.stream import TorchStreamSession
 from arvc.runtime.plan_session import PlanSession
-from arvc.runtime.schedule import Schedule
-from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module
-from arvc.runtime.torch_stream import TorchStreamSession
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle moving right on a dark blue background"
@@ -43,8 +44,8 @@ MID = WanConfig(dim=768, ffn_dim=2048, num_heads=6, num_layers=8, text_dim=256, 
 
 def make_mid_checkpoint(directory: Path) -> None:
     """A Wan-shaped DiT (head dim 128) and a VAE with random weights: speed does not depend on training."""
-    from arvc.checkpoints.load import save_dit
     from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+    from arvc.checkpoints.state_dicts import save_dit
     from arvc.model.dit import WanDiT, init_random_weights_
     from arvc.model.vae import WanVAEDecoder
     from arvc.model.vae import init_random_weights_ as init_vae
@@ -108,8 +109,8 @@ def bench_config(name: str, ckpt: Path, size: int, blocks: int, threads: int, wo
 
     p, r = summary(plan_blocks), summary(ref_blocks)
     return {
-        "config": name, "dit": manifest["model"]["dit"], "resolution": size, "blocks": blocks, "frames": frames,
-        "compile_s": round(compile_s, 1), "verification": {k: manifest["verification"][k] for k in
+        "config": name, "dit": manifest.model.dit.to_dict(), "resolution": size, "blocks": blocks, "frames": frames,
+        "compile_s": round(compile_s, 1), "verification": {k: manifest.verification[k] for k in
                                                            ("max_abs_latent_error", "frame_psnr_db", "blocks")},
         "dit_per_block": {"plan": p, "torch": r},
         "stream": {"plan": {"first_frame_s": round(st.first_frame_s, 3), "wall_s": round(st.wall_s, 3),

@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 
 from arvc.compiler.compile import CompileOptions, compile_plan
-from arvc.runtime.kv_cache import CacheGeometry
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
 from arvc.runtime.plan_session import PlanSession
-from arvc.runtime.schedule import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle moving right on a dark blue background"
@@ -80,18 +80,18 @@ def main() -> None:
             plans[p] = Path(tmp) / f"{p.replace('/', '_').replace('=', '-')}.plan"
             m = compile_plan(REPO / "models" / "tiny", plans[p], CompileOptions(**parse_variant(p), **opts),
                              log=lambda _m: None)
-            v, mem = m["verification"], m["memory"]
-            rows.append({"precision": p, "recipe": m["precision"], "frame_psnr_db": v["frame_psnr_db"],
+            v, mem = m.verification, m.memory
+            rows.append({"precision": p, "recipe": m.precision, "frame_psnr_db": v["frame_psnr_db"],
                          "latent_psnr_db": v["latent_psnr_db"],
                          "max_abs_latent_error": v["max_abs_latent_error"],
                          "stage_psnr_db": {k: s["psnr_db"] for k, s in v["stages"].items()},
-                         "dit_weight_bytes": m["memory"]["weights_bytes"]["dit.safetensors"],
-                         "dit_weight_bytes_per_parameter": mem["dit_weight_bytes_per_parameter"],
-                         "quantized_linear_bytes_per_parameter": mem.get("quantized_linear_bytes_per_parameter"),
-                         "kv_cache_bytes": mem["kv_cache_bytes"],
-                         "kv_bytes_per_cached_token": mem["kv_bytes_per_cached_token"],
-                         "kv_bytes_vs_fp16": mem["kv_bytes_vs_fp16"],
-                         "quantized_weights": len(m["recipe"].get("quantized_weights", []))})
+                         "dit_weight_bytes": mem.weights_bytes["dit.safetensors"],
+                         "dit_weight_bytes_per_parameter": mem.dit_weight_bytes_per_parameter,
+                         "quantized_linear_bytes_per_parameter": mem.quantized_linear_bytes_per_parameter,
+                         "kv_cache_bytes": mem.kv_cache_bytes,
+                         "kv_bytes_per_cached_token": mem.kv_bytes_per_cached_token,
+                         "kv_bytes_vs_fp16": mem.kv_bytes_vs_fp16,
+                         "quantized_weights": len(m.recipe.quantized_weights)})
             print(f"{p}: frame PSNR {v['frame_psnr_db']:.1f} dB over {v['blocks']} blocks", flush=True)
         base = block_latency(plans["fp32"], args.timing_blocks)  # timed in the same run as the others
         for r in rows:

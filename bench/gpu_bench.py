@@ -6,7 +6,7 @@ values) and a random Wan VAE, at 480x832, LongLive geometry (blocks of 3 latent 
 
 Baseline ("research code"): arvc's PyTorch reference run as the research repositories run it -- bf16
 weights, bf16 KV cache, SDPA (flash) attention on cache views, RoPE in float64, no CUDA graphs, and the
-VAE decoding each block after its DiT (runtime/torch_stream.TorchStreamSession).
+VAE decoding each block after its DiT (arvc/reference/stream.py TorchStreamSession).
 
 arvc variants (plans compiled here with --no-verify: a 1.3B parity gate does not fit a benchmark; the
 kernels and the backend are checked by the tests and `arvc selftest --target cuda`):
@@ -63,8 +63,8 @@ def peak_gib(device: str) -> float | None:
 
 
 def write_checkpoint(work: Path, smoke: bool) -> Path:
-    from arvc.checkpoints.load import save_dit
     from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+    from arvc.checkpoints.state_dicts import save_dit
     from arvc.model.config import WAN_PRESETS, WanConfig, WanVAEConfig
     from arvc.model.dit import WanDiT, init_random_weights_
     from arvc.model.vae import WanVAEDecoder
@@ -118,8 +118,8 @@ def compile_variant(ckpt: Path, work: Path, name: str, opts: dict, args) -> Path
 
 
 def run_baseline(ckpt: Path, context: torch.Tensor, args) -> dict:
-    from arvc.runtime.torch_models import load_dit_module, load_vae_module
-    from arvc.runtime.torch_stream import TorchStreamSession
+    from arvc.reference.models import load_dit_module, load_vae_module
+    from arvc.reference.stream import TorchStreamSession
 
     dev, dtype = args.device, args.dtype
     peak_reset(dev)
@@ -206,8 +206,8 @@ def table(rows: list[dict], base: dict) -> str:
 
 
 def main() -> int:
-    from arvc.runtime.kv_cache import CacheGeometry
-    from arvc.runtime.schedule import Schedule
+    from arvc.model.cache_geometry import CacheGeometry
+    from arvc.model.schedule import Schedule
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")

@@ -10,8 +10,9 @@ bench/bench_precisions.py measures both granularities end to end.
 
 Calibration prompts (``--calib-prompts FILE``): one per line, ``#`` comments and blank lines skipped; a
 line naming an existing .safetensors file is taken as prompt embeddings (as ``arvc run --prompt-embeds``),
-any other line as text for the model's text encoder. Default: four prompts of the tiny model's training
-world when the checkpoint has its text encoder, else seeded random embeddings (never the parity gate's
+any other line as text for the model's text encoder. Default: the model directory's own file of that form
+(model.json ``"calibration_prompts"``; the tiny model ships four prompts of its training world), else seeded
+word sequences of the text encoder's vocabulary, else seeded random embeddings (never the parity gate's
 prompts, so the gate measures prompts calibration did not see).
 
 The amax is the plain maximum, the same statistic as nvidia-modelopt's max calibrator (cross-checked in
@@ -27,24 +28,25 @@ import numpy as np
 import torch
 
 from arvc.quant.activations import tracking_timestep
-from arvc.runtime.causal import CausalGenerator
+from arvc.reference.causal import CausalGenerator
 
 DEFAULT_PROMPTS = 4
 
 
-def calibration_prompts(cfg, encoder, path: str | Path | None, n: int = DEFAULT_PROMPTS, seed: int = 4321) -> list:
-    """-> [prompt embeddings [1, L, text_dim]] (see the module docstring)."""
-    from arvc.runtime.torch_models import load_prompt_embeds
+def calibration_prompts(cfg, encoder, path: str | Path | None, n: int = DEFAULT_PROMPTS, seed: int = 4321,
+                        what: str = "--calib-prompts") -> list:
+    """-> [prompt embeddings [1, L, text_dim]] (see the module docstring); ``what`` names the file in errors."""
+    from arvc.reference.models import load_prompt_embeds
 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"--calib-prompts {path}: no such file (one prompt, or one .safetensors embeddings "
+            raise ValueError(f"{what} {path}: no such file (one prompt, or one .safetensors embeddings "
                              "file, per line)")
         lines = [ln.strip() for ln in path.read_text().splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
         if not lines:
-            raise ValueError(f"--calib-prompts {path}: no prompts in the file (one per line)")
+            raise ValueError(f"{what} {path}: no prompts in the file (one per line)")
         out = []
         for ln in lines:
             if ln.endswith(".safetensors") and (path.parent / ln).is_file():
@@ -52,28 +54,17 @@ def calibration_prompts(cfg, encoder, path: str | Path | None, n: int = DEFAULT_
             elif ln.endswith(".safetensors") and Path(ln).is_file():
                 out.append(load_prompt_embeds(ln, cfg))
             elif encoder is None:
-                raise ValueError(f"--calib-prompts {path}: line {ln!r} is text, but this checkpoint has no text "
+                raise ValueError(f"{what} {path}: line {ln!r} is text, but this checkpoint has no text "
                                  "encoder; list prompt-embedding .safetensors files instead")
             else:
                 out.append(encoder.encode([ln]))
         return out
-    if encoder is not None:
-        return [encoder.encode([p]) for p in _world_prompts(encoder, n, seed)]
-    g = np.random.default_rng(seed)
-    m = max(1, cfg.text_len // 2)
-    return [torch.from_numpy(g.standard_normal((1, m, cfg.text_dim)).astype(np.float32)) for _ in range(n)]
-
-
-def _world_prompts(encoder, n: int, seed: int) -> list[str]:
-    from arvc.tiny import data
-
     rng = np.random.default_rng(seed)
-    prompts = [data.prompt_of(data.sample_spec(rng, "train")) for _ in range(n)]
-    vocab = set(encoder.cfg.vocab)
-    if all(w in vocab for p in prompts for w in p.split()):
-        return prompts
-    words = list(encoder.cfg.vocab)  # another text encoder: seeded word sequences of its vocabulary
-    return [" ".join(rng.choice(words, size=min(8, len(words)))) for _ in range(n)]
+    if encoder is not None:
+        words = list(encoder.cfg.vocab)
+        return [encoder.encode([" ".join(rng.choice(words, size=min(8, len(words))))]) for _ in range(n)]
+    m = max(1, cfg.text_len // 2)
+    return [torch.from_numpy(rng.standard_normal((1, m, cfg.text_dim)).astype(np.float32)) for _ in range(n)]
 
 
 @torch.no_grad()
@@ -152,19 +143,3 @@ def activation_layers(quantized_layers: list[str]) -> list[str]:
     from arvc.quant.activations import is_per_call
 
     return [n for n in quantized_layers if is_per_call(n)]
-
-
-def act_quant_table(recipe, calibration: dict | None, layers: list[str]) -> dict:
-    """layer -> ActQuant for the recipe (static scales from the calibration)."""
-    from arvc.quant.activations import ACT_FORMAT_OF_WEIGHTS, ActQuant, scale_from_amax
-
-    out = {}
-    for n in layers:
-        fmt = ACT_FORMAT_OF_WEIGHTS[recipe.weight_format(n)]
-        if recipe.activations == "dynamic":
-            out[n] = ActQuant(fmt, "dynamic")
-            continue
-        amax = torch.tensor(calibration["amax"][n], dtype=torch.float32)
-        amax = amax if recipe.act_scales == "per-timestep" else amax.max()
-        out[n] = ActQuant(fmt, "static", scale_from_amax(amax, fmt))
-    return out

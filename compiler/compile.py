@@ -13,21 +13,21 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from arvc import __version__
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.plan import FORMAT, MANIFEST, SCHEMA_VERSION, free_plan_path, seal_manifest, sha256_file
-from arvc.runtime.schedule import Schedule
-
-from .recipe import Recipe, default_min_psnr, recipe_for
-
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from arvc.version import __version__
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
+from arvc.quant.format_table import FORMATS, QUANTIZED_FORMATS
+from arvc.quant.recipe import Recipe, default_min_psnr, recipe_for
+from arvc.runtime.manifest import (FileEntry, Manifest, Memory, Model, PlanRecipe, Resolution, Source, Stage, Stages,
+                                   Target, TextEncoderSpec, VaeGraphs)
+from arvc.runtime.plan import MANIFEST, free_plan_path, seal_manifest, sha256_file
 
 
 class CompileError(RuntimeError):
@@ -60,7 +60,7 @@ class CompileOptions:
     width: int
     fps: int = 16
     precision: str = "fp32"
-    kv_cache: str = "fp32"  # quant/kv.py KV_FORMATS ("none" = fp32)
+    kv_cache: str = "fp32"  # quant/format_table.py KV_FORMATS ("none" = fp32)
     kv_sink: str | None = None  # the sink frames' KV format, None / "same" = kv_cache
     keep: dict | None = None  # layer pattern -> why it stays full precision (recipe file)
     layer_formats: dict | None = None  # layer pattern -> weight format (recipe file)
@@ -113,15 +113,16 @@ def _quantized_bytes_per_parameter(stored: dict, quantized: list[str], original:
 
 
 def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOptions,
-                 log: Callable[[str], None] = print) -> dict:
-    from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module, resolve_checkpoint
+                 log: Callable[[str], None] = print) -> Manifest:
+    from arvc.checkpoints.text import load_text_encoder
+    from arvc.reference.models import load_dit_module, load_vae_module, resolve_checkpoint
 
     shown, output = output, _check_output(checkpoint, output, opts.force)  # before any work: nothing to lose there
     if opts.min_psnr is not None and math.isnan(opts.min_psnr):
         raise CompileError("--min-psnr nan: every comparison with NaN is false, so nothing would fail the gate; "
                            "give the threshold in dB")
     try:
-        recipe = recipe_for(opts.precision, opts.target, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats,
+        recipe = recipe_for(opts.precision, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats,
                             opts.activations, opts.act_scales)
     except ValueError as e:
         raise CompileError(str(e)) from None
@@ -129,7 +130,7 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
         raise CompileError("--act-scales per-timestep applies to static activation scales; pass --activations static")
     if opts.calib_blocks is not None and opts.calib_blocks < 1:
         raise CompileError(f"--calib-blocks {opts.calib_blocks}: a calibration rollout needs at least one block")
-    if opts.sensitivity and recipe.weights not in ("int8", "fp8", "nvfp4"):
+    if opts.sensitivity and recipe.weights not in QUANTIZED_FORMATS:
         raise CompileError(f"--sensitivity sweeps quantized layers; --precision {opts.precision} quantizes none")
     if recipe.kv_sink and not opts.geometry.sink:
         raise CompileError(f"--kv-sink-precision {recipe.kv_sink} needs sink frames; this geometry has none "
@@ -148,9 +149,6 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     if files.vae is None:
         raise CompileError(f"{checkpoint}: no VAE; a plan needs one (put vae.safetensors beside model.safetensors)")
     dit = load_dit_module(files.dit, "fp32")
-    if dit.numerics.modulation_bf16:
-        raise CompileError("this checkpoint records bf16 modulation numerics (arvc.numerics), which the ONNX lowering "
-                           "does not emulate yet; convert it without that flag to compile the original Wan fp32 numerics")
     vae = load_vae_module(files.vae, "fp32")
     encoder = load_text_encoder(files.text_encoder) if files.text_encoder else None
     cfg, geom = dit.cfg, opts.geometry
@@ -161,15 +159,17 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     if vae.config.z_dim != cfg.out_channels:
         raise CompileError(f"VAE has {vae.config.z_dim} latent channels but the DiT produces {cfg.out_channels}")
     latent_hw = (opts.height // s, opts.width // s)
-    tpf = (latent_hw[0] // ph) * (latent_hw[1] // pw)
+    resolution = Resolution.derive(opts.height, opts.width, opts.fps, latent_hw, cfg, geom)
     t0 = step("load + validate", t0)
     # activations first: the sensitivity sweep measures layers with their inputs quantized too
-    act = _activation_quant(dit, encoder, recipe, opts, latent_hw, log) if recipe.activations else None
+    act = _activation_quant(dit, encoder, recipe, opts, latent_hw, files, log) if recipe.activations else None
     if act is not None:
         t0 = step("activation calibration" if recipe.activations == "static" else "activation layers", t0)
     sensitivity = None
     if opts.sensitivity:
-        recipe, sensitivity = _sensitivity(dit, vae, encoder, recipe, opts, latent_hw, log, act)
+        from .sensitivity import keep_sensitive_layers
+
+        recipe, sensitivity = keep_sensitive_layers(dit, vae, encoder, recipe, opts, latent_hw, log, act)
         t0 = step("sensitivity sweep", t0)
     if act is not None:  # layers the sweep kept at full precision keep full-precision inputs too
         act["layers"] = {n: q for n, q in act["layers"].items() if not _is_kept(n, recipe.skip)}
@@ -177,12 +177,11 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".compiling"))
     try:
-        manifest = _build(tmp, dit, vae, encoder, recipe, opts, latent_hw, tpf, files, step, t0, act)
-        manifest["recipe"]["sensitivity"] = sensitivity
+        manifest = _build(tmp, dit, vae, encoder, recipe, opts, resolution, files, step, t0, act, sensitivity)
         t0 = time.perf_counter()
         if opts.verify:
             try:
-                _verify(tmp, manifest, dit, vae, encoder, opts, log)
+                manifest = replace(manifest, verification=_verify(tmp, manifest, dit, vae, encoder, opts, log))
             except ParityGateRefused as refusal:
                 from .gate_advice import measure_way_out
 
@@ -192,9 +191,9 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
                 raise
             t0 = step("parity gate vs reference", t0)
         else:
-            manifest["verification"] = {"skipped": True, "passed": None, "reason": NOT_VERIFIED}
+            manifest = replace(manifest, verification={"skipped": True, "passed": None, "reason": NOT_VERIFIED})
             log(f"  WARNING: {NOT_VERIFIED}")
-        (tmp / MANIFEST).write_text(seal_manifest(manifest))
+        _write_manifest(tmp, manifest)
         _replace(tmp, output, opts.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -203,26 +202,32 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     return manifest
 
 
-def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, tpf, files, step, t0,
-           act: dict | None) -> dict:
+def _write_manifest(plan_dir: Path, manifest: Manifest) -> None:
+    data = manifest.to_json()
+    Manifest.from_json(data)  # read back as arvc reads it: a plan this arvc cannot read is never written
+    (plan_dir / MANIFEST).write_text(seal_manifest(data))
+
+
+def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, resolution: Resolution, files, step,
+           t0, act: dict | None, sensitivity: dict | None) -> Manifest:
     import onnx
     import onnxruntime
 
     from arvc.checkpoints.safetensors_io import non_finite_tensors, write_safetensors_atomic
 
-    from .lower_dit import DitShapes, build_dit_graph, build_text_graph
+    from arvc.graphs.lower_dit import DitShapes, build_dit_graph, build_text_graph
     from .lower_traced import build_text_encoder_graph, build_vae_graphs
-    from .onnx_graph import OPSET, ExternalWeights, save_checked
+    from arvc.graphs.onnx_graph import OPSET, ExternalWeights, save_checked
 
-    cfg, geom = dit.cfg, opts.geometry
+    cfg, geom, latent_hw = dit.cfg, opts.geometry, (resolution.latent_h, resolution.latent_w)
     if opts.target == "tensorrt":  # the TensorRT dit graph reads the cache through the arvc kernels
-        from .lower_plugin import plugin_problem
+        from arvc.graphs.lower_plugin import plugin_problem
 
         problem = plugin_problem(recipe.kv_cache, recipe.kv_sink, recipe.activations, recipe.act_scales)
         if problem:
             raise CompileError(problem)
-    if recipe.weights in TORCH_DTYPES:
-        dtype = TORCH_DTYPES[recipe.weights]
+    if recipe.weights not in QUANTIZED_FORMATS:
+        dtype = FORMATS[recipe.weights].torch_dtype
         original = dit.state_dict()
         stored, quantized = {k: v.to(dtype) for k, v in original.items()}, []
         overflowed = [k for k in non_finite_tensors(stored) if bool(torch.isfinite(original[k]).all())]  # the cast's
@@ -241,74 +246,61 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, l
         write_safetensors_atomic(tmp / "text_encoder.safetensors", encoder.state_dict())
     t0 = step("write weights", t0)
 
-    dit_w = ExternalWeights(tmp / "dit.safetensors")
+    layers = [n.rsplit(".weight", 1)[0] for n in quantized]
+    dit_w = ExternalWeights(tmp / "dit.safetensors", {layer: recipe.weight_format(layer) for layer in layers})
     shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope,
                        recipe.kv_cache, recipe.kv_sink, geom.sink)
     save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
     act_table, act_timesteps = (act["layers"], act["timesteps"]) if act else ({}, ())
-    save_checked(build_dit_graph(cfg, shapes, dit_w, act_table, act_timesteps), tmp / "dit.onnx")
-    if opts.target == "tensorrt":  # dit.onnx with the cache ops as arvc plugin nodes (compiler/lower_plugin.py)
-        from .lower_plugin import build_dit_plugin_graph, plugin_stage
+    save_checked(build_dit_graph(cfg, shapes, dit_w, act_table, act_timesteps,
+                                 modulation_bf16=dit.numerics.modulation_bf16), tmp / "dit.onnx")
+    if opts.target == "tensorrt":  # its form is derived at load (runtime/trt_graphs.py): check here that it builds
+        from arvc.graphs.lower_plugin import build_dit_plugin_graph
 
-        save_checked(build_dit_plugin_graph(cfg, shapes, dit_w, act_table, act_timesteps), tmp / "dit_trt.onnx")
-        # NVFP4 cross-attention K/V weights as FP4 DequantizeLinear (TensorRT takes no bit ops)
-        save_checked(build_text_graph(cfg, dit_w, fp4_weights="qdq"), tmp / "text_trt.onnx")
+        probe = tmp / "dit_trt.onnx"
+        save_checked(build_dit_plugin_graph(cfg, shapes, dit_w, act_table, act_timesteps,
+                                            dit.numerics.modulation_bf16), probe)
+        probe.unlink()
     t0 = step("lower text + dit graphs", t0)
     for name, model in build_vae_graphs(vae, latent_hw, ExternalWeights(tmp / "vae.safetensors")).items():
         save_checked(model, tmp / f"{name}.onnx")
-    stages = {
-        "text": {"graph": "text.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights, "compute": recipe.compute},
-        "dit": {"graph": "dit.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights, "compute": recipe.compute},
-        "vae": {"graphs": {"first": "vae_first.onnx", "steady": "vae.onnx"}, "weights": "vae.safetensors",
-                "weights_dtype": "fp32", "compute": "fp32"},
-    }
-    if opts.target == "tensorrt":
-        stages["dit_trt"] = {"graph": "dit_trt.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights,
-                             "compute": recipe.compute, "plugins": plugin_stage()}
-        stages["text_trt"] = {"graph": "text_trt.onnx", "weights": "dit.safetensors", "weights_dtype": recipe.weights,
-                              "compute": recipe.compute}
-    model = {"dit": cfg.to_dict(), "vae": vae.config.to_dict(), "text_encoder": None}
+    dit_weights = dict(weights="dit.safetensors", weights_dtype=recipe.weights, compute=recipe.compute)
+    stages = {"text": Stage(graph="text.onnx", **dit_weights), "dit": Stage(graph="dit.onnx", **dit_weights),
+              "vae": Stage(graphs=VaeGraphs("vae_first.onnx", "vae.onnx"), weights="vae.safetensors",
+                           weights_dtype="fp32", compute="fp32")}
+    text_encoder = None
     if encoder is not None:
         save_checked(build_text_encoder_graph(encoder, ExternalWeights(tmp / "text_encoder.safetensors")),
                      tmp / "text_encoder.onnx")
-        stages["text_encoder"] = {"graph": "text_encoder.onnx", "weights": "text_encoder.safetensors",
-                                  "weights_dtype": "fp32", "compute": "fp32"}
-        ec = encoder.cfg
-        model["text_encoder"] = {"vocab": list(ec.vocab), "max_len": ec.max_len, "dim": ec.dim}
+        stages["text_encoder"] = Stage(graph="text_encoder.onnx", weights="text_encoder.safetensors",
+                                       weights_dtype="fp32", compute="fp32")
+        text_encoder = TextEncoderSpec(tuple(encoder.cfg.vocab), encoder.cfg.max_len, encoder.cfg.dim)
     t0 = step("lower vae (+ text encoder) graphs", t0)
 
     vae_state = sum(c * 2 * latent_hw[0] * sc * latent_hw[1] * sc for c, sc in vae.decoder.state_specs) * 4
     weights_bytes = {n: (tmp / n).stat().st_size for n in sorted(os.listdir(tmp)) if n.endswith(".safetensors")}
-    memory = {**_memory_estimate(cfg, geom, tpf, recipe), "weights_bytes": weights_bytes,
-              "quantized_linear_bytes_per_parameter": _quantized_bytes_per_parameter(stored, quantized, dit.state_dict()),
-              "vae_state_bytes": 2 * vae_state,  # two state sets, used in turn
-              "dit_weight_bytes_per_parameter": round(weights_bytes["dit.safetensors"] / cfg.param_count(), 4)}
-    manifest = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "arvc_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"checkpoint": str(files.dit), "sha256": sha256_file(files.dit)},
-        "model": model,
-        "numerics": dit.numerics.to_dict(),
-        "schedule": opts.schedule.to_dict(),
-        "geometry": geom.to_dict(),
-        "resolution": {"height": opts.height, "width": opts.width, "fps": opts.fps, "latent_h": latent_hw[0],
-                       "latent_w": latent_hw[1], "tokens_per_frame": tpf,
-                       "tokens_per_block": tpf * geom.frames_per_block, "cache_tokens": tpf * geom.capacity_frames},
-        "precision": recipe.name, "recipe": {**recipe.to_dict(), "quantized_weights": quantized,
-                                             "kept_layers": _kept_layers(dit, recipe),
-                                             "quantized_activations": sorted(act_table),
-                                             "calibration": act["calibration"] if act else None},
-        "stages": stages, "memory": memory,
+    memory = Memory(**_memory_estimate(cfg, geom, resolution.tokens_per_frame, recipe), weights_bytes=weights_bytes,
+                    quantized_linear_bytes_per_parameter=_quantized_bytes_per_parameter(stored, quantized,
+                                                                                        dit.state_dict()),
+                    vae_state_bytes=2 * vae_state,  # two state sets, used in turn
+                    dit_weight_bytes_per_parameter=round(weights_bytes["dit.safetensors"] / cfg.param_count(), 4))
+    manifest = Manifest(
+        arvc_version=__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source=Source(str(files.dit), sha256_file(files.dit)),
+        model=Model(cfg, vae.config, text_encoder), numerics=dit.numerics, schedule=opts.schedule, geometry=geom,
+        resolution=resolution, precision=recipe.name,
+        recipe=PlanRecipe.of(recipe, quantized_weights=tuple(quantized), kept_layers=_kept_layers(dit, recipe),
+                             quantized_activations=tuple(sorted(act_table)),
+                             calibration=act["calibration"] if act else None, sensitivity=sensitivity),
+        stages=Stages(**stages), memory=memory,
         # every plan keeps its ONNX graphs, so any backend can run it; the target names the default one
-        "target": {"name": opts.target, "backend": TARGET_BACKENDS[opts.target], "providers": ["CPUExecutionProvider"],
-                   "opset": OPSET},
-        "versions": {"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "torch": torch.__version__, "python": platform.python_version()},
-        "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size}
-                  for n in sorted(os.listdir(tmp)) if n.endswith((".onnx", ".safetensors"))},
-        "verification": None,
-    }
-    (tmp / MANIFEST).write_text(seal_manifest(manifest))
+        target=Target(opts.target, TARGET_BACKENDS[opts.target], ("CPUExecutionProvider",), OPSET),
+        versions={"arvc": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                  "torch": torch.__version__, "python": platform.python_version()},
+        files={n: FileEntry(sha256_file(tmp / n), (tmp / n).stat().st_size)
+               for n in sorted(os.listdir(tmp)) if n.endswith((".onnx", ".safetensors"))},
+        verification=None)
+    _write_manifest(tmp, manifest)  # the parity gate loads the plan from tmp
     return manifest
 
 
@@ -316,7 +308,7 @@ def _kept_layers(dit, recipe: Recipe) -> dict:
     """Every layer left at full precision by a quantized recipe, and why (manifest: the recipe actually used)."""
     import fnmatch
 
-    if recipe.weights not in ("int8", "fp8", "nvfp4"):
+    if recipe.weights not in QUANTIZED_FORMATS:
         return {}
     why, kept = dict(recipe.keep), {}
     for name, t in dit.state_dict().items():
@@ -327,9 +319,11 @@ def _kept_layers(dit, recipe: Recipe) -> dict:
     return kept
 
 
-def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log) -> dict:
+def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, files, log) -> dict:
     """-> {"layers": layer -> ActQuant, "timesteps": calibrated timesteps, "calibration": record or None}."""
-    from .calibrate import act_quant_table, activation_layers, calibrate, calibration_prompts
+    from arvc.quant.recipe import act_quant_table
+
+    from .calibrate import activation_layers, calibrate, calibration_prompts
     from .sensitivity import quantizable_layers
     from .verify import default_blocks
 
@@ -339,7 +333,10 @@ def _activation_quant(dit, encoder, recipe: Recipe, opts: CompileOptions, latent
     calibration = None
     if recipe.activations == "static":
         try:
-            prompts = calibration_prompts(dit.cfg, encoder, opts.calib_prompts)
+            card = files.defaults.get("calibration_prompts")  # the model directory's own list (model.json)
+            path, what = ((opts.calib_prompts, "--calib-prompts") if opts.calib_prompts or not card else
+                          (files.dit.parent / card, 'model.json "calibration_prompts"'))
+            prompts = calibration_prompts(dit.cfg, encoder, path, what=what)
         except ValueError as e:
             raise CompileError(str(e)) from None
         blocks = opts.calib_blocks or default_blocks(opts.geometry)
@@ -360,29 +357,14 @@ def _is_kept(layer: str, skip: tuple[str, ...]) -> bool:
     return is_skipped(f"{layer}.weight", skip)
 
 
-def _sensitivity(dit, vae, encoder, recipe: Recipe, opts: CompileOptions, latent_hw, log, act: dict | None):
-    from dataclasses import replace
-
-    from .sensitivity import sweep
-    from .verify import default_blocks
-
-    target = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(opts.precision, recipe.kv_cache,
-                                                                               recipe.kv_sink)
-    blocks = opts.verify_blocks or default_blocks(opts.geometry)
-    result = sweep(dit, vae, encoder, recipe.weights, recipe.skip, opts.geometry, opts.schedule, latent_hw, blocks,
-                   target, opts.seed, log, (recipe.kv_cache, recipe.kv_sink),
-                   (act["layers"], act["timesteps"]) if act else None)
-    keep = recipe.keep + tuple(result["kept"].items())
-    return replace(recipe, skip=recipe.skip + tuple(result["kept"]), keep=keep), result
-
-
-def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, log) -> None:
+def _verify(tmp: Path, manifest: Manifest, dit, vae, encoder, opts: CompileOptions, log) -> dict:
+    """The parity gate's record; ParityGateRefused when the plan is too far from the reference."""
     from arvc.runtime.plan_session import PlanSession
 
     from .verify import default_blocks, diverged_stage, run_parity
 
     min_psnr = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(
-        opts.precision, manifest["recipe"]["kv_cache"], manifest["recipe"]["kv_sink"])
+        opts.precision, manifest.recipe.kv_cache, manifest.recipe.kv_sink)
     blocks = opts.verify_blocks or default_blocks(opts.geometry)
     session = PlanSession(tmp, verify=False, backend="ort")  # the gate runs where compile runs: the CPU
     result = run_parity(session, dit, vae, blocks, opts.seed, encoder)
@@ -401,7 +383,7 @@ def _verify(tmp: Path, manifest: dict, dit, vae, encoder, opts: CompileOptions, 
         refusal.advice = {"stage": bad.split()[0], "psnr_db": min(compared), "min_psnr_db": min_psnr,
                           "non_finite": bool(result.get("non_finite"))}
         raise refusal
-    manifest["verification"] = result
+    return result
 
 
 def _check_output(checkpoint: str | Path, output: str | Path, force: bool) -> Path:
@@ -412,7 +394,7 @@ def _check_output(checkpoint: str | Path, output: str | Path, force: bool) -> Pa
     an arvc plan: a file, a link, a directory of other files, a plan whose manifest does not read (corrupt,
     edited, a newer schema) or that holds files its manifest does not list. Without --force, a readable plan
     (or an empty directory) is refused with OutputExists; with it, replaced once the new plan is done."""
-    from arvc.runtime.torch_models import resolve_checkpoint
+    from arvc.reference.models import resolve_checkpoint
 
     shown = str(output)
     out = Path(os.path.abspath(output))  # the link itself, not its target, if the output is a symbolic link
@@ -442,7 +424,7 @@ def _check_output(checkpoint: str | Path, output: str | Path, force: bool) -> Pa
 
 def _check_target(out: Path, shown: str, force: bool) -> None:
     """What is at ``out`` may be replaced: nothing, an empty directory or a readable arvc plan (with --force)."""
-    from arvc.runtime.plan import MANIFEST, PlanError, read_manifest
+    from arvc.runtime.plan import PlanError, read_manifest
 
     if not os.path.lexists(out):
         return
@@ -461,12 +443,11 @@ def _check_target(out: Path, shown: str, force: bool) -> None:
                             f"{_some(entries)}); {keep}: {other}, or empty it yourself", free)
     if entries:
         try:
-            manifest = read_manifest(out, verify_files=False)
+            listed = read_manifest(out, verify_files=False).files
         except PlanError as e:
             raise OutputRefused(f"output {shown} holds a {MANIFEST} that does not read as an arvc plan ({e}); arvc "
                                 "deletes only plans it can read: delete it yourself if it is an old plan you no "
                                 f"longer need, or {other}", free) from None
-        listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
         extra = [n for n in entries if n != MANIFEST and n not in listed]
         if extra:
             raise OutputRefused(f"output {shown} is an arvc plan that also holds files it does not list "

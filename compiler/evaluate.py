@@ -15,8 +15,12 @@ and cosine -1, the judge scores the prompt a miss) and ``non_finite`` names the 
 it (text: the prompt context, dit: the clean latents, vae: frames decoded from finite latents) and whose
 output it was, so the report holds no NaN (JSON has none) and no NaN reads as a match.
 
-For the tiny model (its prompt grammar), the judge scores the plan's and the reference's videos on the
-same prompts and seeds; the difference in percentage points is the issue's "within 5 points of fp32".
+Given a ``judge`` that accepts the plan's vocabulary (the app passes the tiny model's, arvc/tiny/judge.py
+TinyJudge), the prompts are the judge's and it scores the plan's and the reference's videos on the same
+prompts and seeds; the difference in percentage points is the issue's "within 5 points of fp32". A judge
+has ``grammar`` (words for messages), ``accepts(vocab)``, ``prompts(rng, k)``, ``score(uint8 frames [T, 3,
+H, W], prompt)`` -> {"prompt", "color", "direction", "found_fraction", "color_match", "direction_match", ...}
+and ``summarize(scores)`` -> {"color_accuracy", "direction_accuracy", "mean_found_fraction"}.
 One prompt's rollout is held in memory at a time (fine for the tiny and small models this runs on CPU).
 """
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from arvc.runtime.torch_models import CheckpointFiles, resolve_checkpoint
+from arvc.reference.models import CheckpointFiles, resolve_checkpoint
+from arvc.runtime.manifest import Manifest
 
 from .verify import PSNR_FLOOR, decode_plan, decode_reference, is_finite, non_finite_side, psnr
 
@@ -54,12 +59,12 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def reference_files(manifest: dict, override: str | os.PathLike | None = None) -> CheckpointFiles:
+def reference_files(manifest: Manifest, override: str | os.PathLike | None = None) -> CheckpointFiles:
     """The checkpoint the plan was compiled from (or ``override``), checked against the recorded SHA-256."""
     from arvc.runtime.plan import sha256_file
 
-    src = manifest["source"]
-    path = Path(override or src["checkpoint"])
+    src = manifest.source
+    path = Path(override or src.checkpoint)
     if not path.exists():
         origin = "given with --reference" if override else "recorded in the plan"
         raise EvalError(f"reference checkpoint {path} ({origin}) does not exist; pass --reference with the "
@@ -70,36 +75,30 @@ def reference_files(manifest: dict, override: str | os.PathLike | None = None) -
         near = [path.parent / n for n in ("vae.safetensors", "text_encoder.safetensors")]
         files = CheckpointFiles(path, *(f if f.is_file() else None for f in near))
     digest = sha256_file(files.dit)
-    if digest != src["sha256"]:
+    if digest != src.sha256:
         raise EvalError(f"reference checkpoint {files.dit} has SHA-256 {digest[:12]}..., but the plan was compiled "
-                        f"from {src['sha256'][:12]}... ({src['checkpoint']}); pass --reference with that checkpoint, "
+                        f"from {src.sha256[:12]}... ({src.checkpoint}); pass --reference with that checkpoint, "
                         "or recompile the plan from this one")
     if files.vae is None:
         raise EvalError(f"no vae.safetensors beside the reference checkpoint {files.dit}; put the model's VAE there")
     return files
 
 
-def eval_prompts(session, k: int, seed: int) -> tuple[list, bool]:
-    """k prompts and whether the judge can score them (only the tiny model's grammar is judgeable)."""
+def eval_prompts(session, k: int, seed: int, judge=None) -> tuple[list, bool]:
+    """k prompts and whether the judge can score them (the judge's own, where it accepts the plan's vocabulary)."""
     rng = np.random.default_rng(seed)
     if session.vocab is None:  # no text encoder: seeded embeddings, as the parity gate uses
         n = max(1, session.cfg.text_len // 2)
         return [rng.standard_normal((n, session.cfg.text_dim)).astype(np.float32) for _ in range(k)], False
-    from arvc.tiny.data import prompt_of, sample_spec, vocabulary
-
-    if not set(vocabulary()) <= set(session.vocab):
+    if judge is None or not judge.accepts(session.vocab):
         words = list(session.vocab)
         return [" ".join(rng.choice(words, size=min(4, session.text_max_len))) for _ in range(k)], False
-    prompts: list[str] = []
-    while len(prompts) < k:  # distinct prompts; canonical clips, since the prompt alone fixes them
-        p = prompt_of(sample_spec(rng, "any", canonical=True))
-        prompts += [p] if p not in prompts else []
-    return prompts, True
+    return judge.prompts(rng, k), True
 
 
 @torch.no_grad()
 def _rollout_pair(session, dit, vae, plan_ctx: np.ndarray, ref_ctx: torch.Tensor, blocks: int, seed: int):
-    from arvc.runtime.causal import CausalGenerator
+    from arvc.reference.causal import CausalGenerator
 
     ref = CausalGenerator(dit, session.geometry, session.schedule, session.latent_hw, seed=seed, kv_format="fp32")
     plan = session.generator(seed)
@@ -167,11 +166,9 @@ def _uint8(frames: np.ndarray) -> np.ndarray:
     return to_uint8_frames(torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2, 3))))
 
 
-def _judge_summary(plan_scores: list[dict], ref_scores: list[dict]) -> dict:
-    from arvc.tiny.judge import judge_many
-
+def _judge_summary(judge, plan_scores: list[dict], ref_scores: list[dict]) -> dict:
     def pct(scores):
-        a = judge_many(scores)
+        a = judge.summarize(scores)
         return {"color": round(100 * a["color_accuracy"], 2), "direction": round(100 * a["direction_accuracy"], 2),
                 "found": round(100 * a["mean_found_fraction"], 2)}
 
@@ -188,8 +185,9 @@ def _judge_summary(plan_scores: list[dict], ref_scores: list[dict]) -> dict:
 
 def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: int = 0,
              reference: str | os.PathLike | None = None, threads: int | None = None,
-             log: Callable[[str], None] = print, backend: str | None = None, **backend_options) -> dict:
-    """backend (and backend_options, runtime/backends.open_backend's): what runs the plan; default its target."""
+             log: Callable[[str], None] = print, backend: str | None = None, judge=None, **backend_options) -> dict:
+    """backend (and backend_options, runtime/backends.open_backend's): what runs the plan; default its target.
+    judge: scores the videos (see the module docstring); None: no judge scores."""
     from arvc.runtime.plan import is_plan, not_a_plan
     from arvc.runtime.plan_session import PlanSession
 
@@ -206,18 +204,19 @@ def evaluate(plan_dir: str | os.PathLike, blocks: int, prompts: int = 8, seed: i
     if threads:  # one core budget for both: the plan's ORT sessions and the torch reference take turns
         torch.set_num_threads(threads)
     try:
-        return _evaluate(session, blocks, prompts, seed, reference, log, t_start)
+        return _evaluate(session, blocks, prompts, seed, reference, log, t_start, judge)
     finally:
         torch.set_num_threads(saved_threads)
 
 
-def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_start: float) -> dict:
-    from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module
+def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_start: float, judge) -> dict:
+    from arvc.checkpoints.text import load_text_encoder
+    from arvc.reference.models import load_dit_module, load_vae_module
 
     m = session.manifest
     files = reference_files(m, reference)
     dit, vae = load_dit_module(files.dit, "fp32"), load_vae_module(files.vae, "fp32")
-    texts, judgeable = eval_prompts(session, prompts, seed)
+    texts, judgeable = eval_prompts(session, prompts, seed, judge)
     encoder = None
     if isinstance(texts[0], str):
         if files.text_encoder is None:
@@ -252,9 +251,7 @@ def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_s
                 f"({len(bad_blocks)} of {blocks} blocks); those blocks fail every comparison (frame PSNR "
                 f"{PSNR_FLOOR:.0f} dB, SSIM and cosine {WORST_SIMILARITY:.0f})")
         if judgeable:
-            from arvc.tiny.judge import judge_frames
-
-            plan_score, ref_score = judge_frames(_uint8(plan_fr), text), judge_frames(_uint8(ref_fr), text)
+            plan_score, ref_score = judge.score(_uint8(plan_fr), text), judge.score(_uint8(ref_fr), text)
             plan_scores.append(plan_score if is_finite(plan_fr) else _failed_judge(plan_score))
             ref_scores.append(ref_score if is_finite(ref_fr) else _failed_judge(ref_score))
         log(f"  prompt {i + 1}/{prompts}: {blocks} blocks, frame PSNR {psnr_pb[i].mean():.2f} dB, "
@@ -263,12 +260,11 @@ def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_s
     # per block: mean over prompts (PSNR in dB, so an identical block's 200 dB cap stays visible)
     per_block = {"frame_psnr_db": psnr_pb.mean(0).round(3).tolist(), "ssim": ssim_pb.mean(0).round(5).tolist(),
                  "latent_cosine": cos_pb.mean(0).round(6).tolist()}
-    recipe = m["recipe"]
     return {
-        "plan": str(session.plan_dir), "precision": m["precision"], "kv_cache": recipe.get("kv_cache", "fp32"),
-        "kv_sink": recipe.get("kv_sink"), "blocks": blocks, "prompts": prompts, "seeds": [seed + i for i in range(prompts)],
+        "plan": str(session.plan_dir), "precision": m.precision, "kv_cache": m.recipe.kv_cache,
+        "kv_sink": m.recipe.kv_sink, "blocks": blocks, "prompts": prompts, "seeds": [seed + i for i in range(prompts)],
         "video_frames_per_prompt": spans[-1][1],
-        "reference": {"checkpoint": str(files.dit), "sha256": m["source"]["sha256"],
+        "reference": {"checkpoint": str(files.dit), "sha256": m.source.sha256,
                       "weights": "fp32", "kv_cache": "fp32", "backend": "arvc PyTorch reference, same seeds and noise"},
         "per_block": per_block,
         "summary": {"frame_psnr_db_mean": round(float(psnr_pb.mean()), 3), "frame_psnr_db_min": round(float(psnr_pb.min()), 3),
@@ -278,12 +274,17 @@ def _evaluate(session, blocks: int, prompts: int, seed: int, reference, log, t_s
                     "non_finite_prompts": len(non_finite)},
         "non_finite": non_finite,
         "drift": {"frame_psnr_db": drift(per_block["frame_psnr_db"]), "ssim": drift(per_block["ssim"])},
-        "judge": _judge_summary(plan_scores, ref_scores) if judgeable else {
-            "skipped": "the judge scores the tiny model's prompt grammar; this plan has "
-                       + ("no text encoder" if session.vocab is None else "another vocabulary")},
+        "judge": _judge_summary(judge, plan_scores, ref_scores) if judgeable else {"skipped": _no_judge(session, judge)},
         "prompt_texts": [t for t in texts if isinstance(t, str)],
         "seconds": round(time.perf_counter() - t_start, 2),
     }
+
+
+def _no_judge(session, judge) -> str:
+    if judge is None:
+        return "no judge was given for this model's prompts"
+    return f"the judge scores {judge.grammar}; this plan has " + ("no text encoder" if session.vocab is None
+                                                                  else "another vocabulary")
 
 
 def plot_drift(result: dict, path: str | os.PathLike) -> Path:

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .recipe import QUANTIZED_FORMATS, RECIPE_VERSION
+from arvc.quant.format_table import QUANTIZED_FORMATS
+from arvc.quant.recipe import RECIPE_VERSION
 
 AUTO_SWEEP_BUDGET_S = 240.0  # a refusal may take this much longer to name the layers to keep
 DIT_STAGES = ("text", "dit", "dit+vae", "frames")  # stages the block linears move (text: cross-attention K/V)
@@ -29,7 +30,7 @@ def measure_way_out(refusal: dict, dit, vae, encoder, recipe, opts, latent_hw, a
         return {}
     if refusal["stage"] not in DIT_STAGES:
         return {}
-    from .sensitivity import quantizable_layers, reference_prompts, rollout
+    from .sensitivity import keep_sensitive_layers, quantizable_layers, reference_prompts, rollout
     from .verify import default_blocks
 
     layers = quantizable_layers(dit, recipe.skip)
@@ -51,9 +52,7 @@ def measure_way_out(refusal: dict, dit, vae, encoder, recipe, opts, latent_hw, a
         return {"sweep_skipped": f"about {rollouts} rollouts, {estimate / 60:.0f} min here"}
     log(f"  the gate refused the {recipe.weights} plan; measuring which layers to keep at full precision "
         f"({len(layers)} layers, about {estimate:.0f} s)")
-    from .compile import _sensitivity
-
-    found, result = _sensitivity(dit, vae, encoder, recipe, opts, latent_hw, log, act)
+    found, result = keep_sensitive_layers(dit, vae, encoder, recipe, opts, latent_hw, log, act)
     sweep = {"kept": list(result["kept"]), "frame_psnr_db": result["frame_psnr_db"], "met": result["met"]}
     if result["met"]:
         sweep["recipe"] = str(write_recipe(found, opts, output))
@@ -62,7 +61,7 @@ def measure_way_out(refusal: dict, dit, vae, encoder, recipe, opts, latent_hw, a
 
 
 def write_recipe(recipe, opts, output: Path) -> Path:
-    """The recipe as a recipe file (compiler/recipe.py's format) beside ``output``, never over another file."""
+    """The recipe as a recipe file (quant/recipe.py's format) beside ``output``, never over another file."""
     doc = {"format": "arvc-recipe", "version": RECIPE_VERSION, "precision": recipe.weights,
            "kv_cache": recipe.kv_cache, "activations": recipe.activations or "none", "act_scales": recipe.act_scales,
            "keep": dict(recipe.keep), "layers": dict(recipe.layer_formats)}

@@ -22,7 +22,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from .onnx_graph import IR_VERSION, OPSET, ExternalWeights
+from arvc.graphs.onnx_graph import IR_VERSION, OPSET, ExternalWeights
 
 
 class _VaeStep(torch.nn.Module):

@@ -82,7 +82,6 @@ GB = 1e9
 GIB = float(2**30)
 T = 1e12
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "nvfp4")
 RUNTIME_RESERVE = 1 * 2**30
 
 
@@ -195,9 +194,10 @@ class PlanInputs:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        from arvc.quant.kv import KV_FORMATS
+        from arvc.quant.format_table import KV_FORMATS, WEIGHT_FORMATS
+
+        if self.precision not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
 
         for fmt in (self.kv_cache, self.kv_sink or self.kv_cache):
             if fmt not in KV_FORMATS:
@@ -207,7 +207,7 @@ class PlanInputs:
         self.geometry()  # validates window / sink / frames
 
     def geometry(self):
-        from arvc.runtime.kv_cache import CacheGeometry
+        from arvc.model.cache_geometry import CacheGeometry
 
         return CacheGeometry(self.frames_per_block, self.window, self.sink if self.window else 0, self.max_frames)
 
@@ -228,37 +228,43 @@ class PlanInputs:
 # -- memory ------------------------------------------------------------------------------------------
 
 def _dit_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
-    from arvc.checkpoints.load import expected_dit_shapes
+    from arvc.checkpoints.state_dicts import expected_dit_shapes
 
     return expected_dit_shapes(cfg)
 
 
 def quantized_linear_bytes(out_features: int, in_features: int, fmt: str) -> int:
     """Stored bytes of one quantized [out, in] weight, scales included (quant/weights.py layouts)."""
-    if fmt in ("int8", "fp8"):
-        return out_features * in_features + 4 * out_features
-    if fmt == "nvfp4":
-        from arvc.quant.formats import NVFP4_BLOCK
+    from arvc.quant.format_table import FORMATS, QUANTIZED_FORMATS
 
-        return out_features * in_features // 2 + out_features * in_features // NVFP4_BLOCK + 4
-    raise ValueError(f"no quantized layout for {fmt!r}")
+    if fmt not in QUANTIZED_FORMATS:
+        raise ValueError(f"no quantized layout for {fmt!r}; choose one of {QUANTIZED_FORMATS}")
+    f, n = FORMATS[fmt], out_features * in_features
+    if f.block:  # a 1-byte (E4M3) scale per block, one fp32 scale_2
+        return n * f.bits // 8 + n // f.block + 4
+    return n * f.bits // 8 + 4 * out_features  # one fp32 scale per output channel
 
 
 def kept_bytes_per_element(precision: str, kept_dtype: str | None) -> int:
+    from arvc.quant.format_table import COMPUTE_FORMATS, FORMATS, QUANTIZED_FORMATS
+
     if kept_dtype is None:
-        kept_dtype = "fp32" if precision == "fp32" else ("bf16" if precision in ("int8", "fp8", "nvfp4") else precision)
-    return {"fp32": 4, "bf16": 2, "fp16": 2}[kept_dtype]
+        kept_dtype = "bf16" if precision in QUANTIZED_FORMATS else precision
+    if kept_dtype not in COMPUTE_FORMATS:
+        raise ValueError(f"kept dtype {kept_dtype!r} unknown; choose one of {', '.join(COMPUTE_FORMATS)}")
+    return FORMATS[kept_dtype].bits // 8
 
 
 def dit_weight_bytes(cfg: WanConfig, precision: str, kept_dtype: str | None = None,
                      skip: tuple[str, ...] | None = None, layer_formats: tuple = ()) -> dict:
     """-> {"total", "quantized" (bytes of the quantized linears incl. scales), "kept", "quantized_params",
     "kept_params", "kept_bytes_per_element"}."""
-    from arvc.compiler.recipe import DEFAULT_SKIP, Recipe
+    from arvc.quant.format_table import QUANTIZED_FORMATS
+    from arvc.quant.recipe import DEFAULT_SKIP, Recipe
     from arvc.quant.weights import QUANTIZABLE, is_skipped
 
     kb = kept_bytes_per_element(precision, kept_dtype)
-    quantize = precision in ("int8", "fp8", "nvfp4")
+    quantize = precision in QUANTIZED_FORMATS
     skip = DEFAULT_SKIP if skip is None else tuple(skip)
     recipe = Recipe("planner", precision, layer_formats=tuple(layer_formats)) if quantize else None
     q = k = qp = kp = 0
@@ -276,14 +282,10 @@ def dit_weight_bytes(cfg: WanConfig, precision: str, kept_dtype: str | None = No
 
 def kv_cache_bytes(cfg: WanConfig, geom, tokens_per_frame: int, kv_cache: str, kv_sink: str | None = None) -> int:
     from arvc.quant.kv import kv_row_bytes
+    from arvc.quant.kv import kv_regions
 
-    rows = geom.capacity_frames * tokens_per_frame
-    row = kv_row_bytes(kv_cache, cfg.dim, cfg.num_heads)
-    per = 2 * cfg.num_layers
-    if kv_sink:  # the ORT backend's two regions, one scratch row each (compiler/lower_kv.py)
-        sink_rows = geom.sink * tokens_per_frame
-        return per * ((sink_rows + 1) * kv_row_bytes(kv_sink, cfg.dim, cfg.num_heads) + (rows - sink_rows + 1) * row)
-    return per * rows * row
+    regions = kv_regions(kv_cache, kv_sink, geom.capacity_frames * tokens_per_frame, geom.sink * tokens_per_frame)
+    return 2 * cfg.num_layers * sum(r.rows * kv_row_bytes(r.format, cfg.dim, cfg.num_heads) for r in regions)
 
 
 def _vae_meta(vae_cfg: WanVAEConfig):
@@ -408,6 +410,7 @@ def _stage_time(flops_by_rate: list[tuple[float, float]], nbytes: float, gpu: GP
 
 
 def plan_memory(inp: PlanInputs, gpu_key: str) -> dict:
+    from arvc.quant.format_table import QUANTIZED_FORMATS
     from arvc.quant.kv import kv_row_bytes
 
     gpu = get_gpu(gpu_key)
@@ -428,7 +431,7 @@ def plan_memory(inp: PlanInputs, gpu_key: str) -> dict:
     kept_note = {4: "fp32", 2: "bf16/fp16"}[w["kept_bytes_per_element"]]
     notes.append(f"kept (unquantized) tensors counted at {w['kept_bytes_per_element']} bytes ({kept_note})"
                  + (" as the GPU runtime holds them; the plan file stores them in fp32"
-                    if inp.precision in ("int8", "fp8", "nvfp4") and inp.kept_dtype is None else ""))
+                    if inp.precision in QUANTIZED_FORMATS and inp.kept_dtype is None else ""))
     if not inp.flash:
         notes.append("attention without flash: the score and probability matrices [H, N, Nk] are counted")
     if not geom.window:
@@ -496,19 +499,17 @@ def inputs_from(source: str, **overrides) -> PlanInputs:
         from arvc.runtime.plan import read_manifest
 
         m = read_manifest(source, verify_files=False)
-        g, res, rec = m["geometry"], m["resolution"], m["recipe"]
-        base = dict(cfg=WanConfig.from_dict(m["model"]["dit"]),
-                    vae=WanVAEConfig.from_dict(m["model"]["vae"]) if m["model"].get("vae") else WanVAEConfig(),
-                    precision=rec["weights"], kv_cache=rec.get("kv_cache", "fp32"), kv_sink=rec.get("kv_sink"),
-                    window=g["window"], sink=g["sink"], max_frames=g["max_frames"],
-                    frames_per_block=g["frames_per_block"], height=res["height"], width=res["width"],
-                    steps=len(m["schedule"]["timesteps"]), skip=tuple(rec.get("skip", ())),
-                    layer_formats=tuple((rec.get("layer_formats") or {}).items()), source=f"plan {source}")
+        g, rec = m.geometry, m.recipe
+        base = dict(cfg=m.model.dit, vae=m.model.vae, precision=rec.weights, kv_cache=rec.kv_cache,
+                    kv_sink=rec.kv_sink, window=g.window, sink=g.sink, max_frames=g.max_frames,
+                    frames_per_block=g.frames_per_block, height=m.resolution.height, width=m.resolution.width,
+                    steps=len(m.schedule.timesteps), skip=rec.skip, layer_formats=rec.layer_formats,
+                    source=f"plan {source}")
     elif source in WAN_PRESETS:
         base = dict(cfg=WAN_PRESETS[source], source=f"preset {source}")
     elif Path(source).exists():
         from arvc.checkpoints.load import describe_checkpoint
-        from arvc.runtime.torch_models import resolve_checkpoint
+        from arvc.reference.models import resolve_checkpoint
 
         files = resolve_checkpoint(source)
         info = describe_checkpoint(files.dit)

@@ -17,9 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from arvc.quant.format_table import FORMATS, KV_FORMATS, QUANTIZED_FORMATS, WEIGHT_FORMATS
+
 # A small configuration with the real architecture: in/ffn dims multiples of 16 (NVFP4 blocks), head_dim 32.
 SMALL_CONFIG = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
-SELFTEST_PRECISIONS = ("fp32", "fp16", "int8", "fp8", "nvfp4")
+# the KV-cache format each selftest plan uses, by weight precision: its own, else fp16 (bf16 has no KV format)
+SELFTEST_KV = {p: p if p in KV_FORMATS else "fp16" for p in WEIGHT_FORMATS}
+# by default every weight format with a KV format of its own (a bf16 plan would check fp16's cache again)
+SELFTEST_PRECISIONS = tuple(p for p in WEIGHT_FORMATS if p in KV_FORMATS)
 # Each plan is compared with a reference holding exactly the weights the plan stores (fp16-rounded,
 # or decode(encode(w)) for the quantized formats), so only the backend's own error is measured and
 # every precision must match as an fp32 plan does.
@@ -28,8 +33,8 @@ MIN_PSNR_DB = 60.0
 
 def write_random_checkpoint(directory: Path, seed: int = 2):
     """A DiT + VAE checkpoint directory with seeded random weights; returns (directory, VAE module)."""
-    from arvc.checkpoints.load import save_dit
     from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+    from arvc.checkpoints.state_dicts import save_dit
     from arvc.model.config import WanConfig, WanVAEConfig
     from arvc.model.dit import WanDiT, init_random_weights_
     from arvc.model.vae import WanVAEDecoder
@@ -41,10 +46,6 @@ def write_random_checkpoint(directory: Path, seed: int = 2):
     vae = init_vae_(WanVAEDecoder(WanVAEConfig(base_dim=4)), seed=seed)
     write_safetensors_atomic(directory / "vae.safetensors", {k: v.contiguous() for k, v in vae.state_dict().items()})
     return directory, vae
-
-
-# the KV-cache format each selftest plan uses, by weight precision
-SELFTEST_KV = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp16", "int8": "int8", "fp8": "fp8", "nvfp4": "nvfp4"}
 
 
 def target_problem(target: str, device: str | None = None) -> str | None:
@@ -77,8 +78,8 @@ def run_selftest(target: str, precisions: tuple[str, ...] = SELFTEST_PRECISIONS,
     """-> one row per (precision, stage): measured PSNR, threshold, passed. Never raises for a failing
     check: a failure is a row (the caller prints the table and sets the exit code). device: the torch
     backend's device for target cuda (tests run that path on the CPU with device="cpu")."""
-    from arvc.runtime.kv_cache import CacheGeometry
-    from arvc.runtime.schedule import Schedule
+    from arvc.model.cache_geometry import CacheGeometry
+    from arvc.model.schedule import Schedule
 
     from .compile import CompileError, CompileOptions, compile_plan
     from .verify import run_parity
@@ -105,7 +106,7 @@ def run_selftest(target: str, precisions: tuple[str, ...] = SELFTEST_PRECISIONS,
                 rows.append({"precision": precision, "stage": "compile", "psnr_db": None, "min_psnr_db": MIN_PSNR_DB,
                              "passed": False, "detail": str(e)})
                 continue
-            reference = _reference_with_stored_weights(ckpt, precision, tuple(m["recipe"]["skip"]))
+            reference = _reference_with_stored_weights(ckpt, precision, m.recipe.skip)
             try:
                 session = _session(target, plan, device)
             except (RuntimeError, ValueError, OSError) as e:
@@ -128,15 +129,13 @@ def run_selftest(target: str, precisions: tuple[str, ...] = SELFTEST_PRECISIONS,
 def _reference_with_stored_weights(ckpt: Path, precision: str, skip: tuple[str, ...]):
     """The fp32 reference DiT whose weights are what the plan stores, decoded."""
     from arvc.quant.weights import fake_quantized_state_dict
-    from arvc.runtime.torch_models import load_dit_module
+    from arvc.reference.models import load_dit_module
 
     dit = load_dit_module(ckpt / "model.safetensors", "fp32")
     sd = dit.state_dict()
-    if precision in ("fp16", "bf16"):
-        import torch
-
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        dit.load_state_dict({k: v.to(dtype).float() for k, v in sd.items()})
-    elif precision in ("int8", "fp8", "nvfp4"):
+    if precision in QUANTIZED_FORMATS:
         dit.load_state_dict(fake_quantized_state_dict(sd, precision, skip))
+    elif precision != "fp32":  # 16-bit weights, rounded as the plan stores them
+        dtype = FORMATS[precision].torch_dtype
+        dit.load_state_dict({k: v.to(dtype).float() for k, v in sd.items()})
     return dit.eval()

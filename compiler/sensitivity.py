@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import torch
 
 from arvc.quant.activations import emulated
+from arvc.quant.recipe import default_min_psnr
 from arvc.quant.weights import QUANTIZABLE, dequantize_weight, is_skipped, quantize_weight
-from arvc.runtime.causal import CausalGenerator
+from arvc.reference.causal import CausalGenerator
 
-from .verify import decode_reference, psnr
+from .verify import decode_reference, default_blocks, psnr
 
 SAMPLE_ROWS = 2048  # input rows kept per layer for SQNR (a random subset of every call's tokens)
 
@@ -174,3 +176,17 @@ def sweep(dit, vae, encoder, fmt: str, skip: tuple[str, ...], geom, schedule, la
     return {"format": fmt, "blocks": blocks, "target_frame_psnr_db": min_psnr, "layers": rows, "kept": kept,
             "frame_psnr_db": round(final, 3), "met": final >= min_psnr,
             "searched": {str(n): round(v, 3) for n, v in sorted(measured.items())}}
+
+
+def keep_sensitive_layers(dit, vae, encoder, recipe, opts, latent_hw, log: Callable[[str], None],
+                          act: dict | None) -> tuple:
+    """``sweep`` the recipe's layers (compile's options ``opts``: geometry, schedule, --min-psnr, --verify-blocks,
+    seed) -> (the recipe with the layers it keeps at full precision added, the sweep's record)."""
+    target = opts.min_psnr if opts.min_psnr is not None else default_min_psnr(opts.precision, recipe.kv_cache,
+                                                                               recipe.kv_sink)
+    blocks = opts.verify_blocks or default_blocks(opts.geometry)
+    result = sweep(dit, vae, encoder, recipe.weights, recipe.skip, opts.geometry, opts.schedule, latent_hw, blocks,
+                   target, opts.seed, log, (recipe.kv_cache, recipe.kv_sink),
+                   (act["layers"], act["timesteps"]) if act else None)
+    keep = recipe.keep + tuple(result["kept"].items())
+    return replace(recipe, skip=recipe.skip + tuple(result["kept"]), keep=keep), result

@@ -19,8 +19,9 @@ import math
 import numpy as np
 import torch
 
-from arvc.runtime.causal import CausalGenerator
+from arvc.reference.causal import CausalGenerator
 from arvc.runtime.plan_session import PlanSession
+from arvc.runtime.prompts import verification_prompts
 
 PSNR_CAP = 200.0  # identical outputs; JSON has no infinity
 PSNR_FLOOR = -PSNR_CAP  # NaN / infinity in either output: below any threshold, and JSON has no NaN either
@@ -57,17 +58,6 @@ def psnr(ref: np.ndarray, test: np.ndarray, peak: float) -> float:
 def default_blocks(geom) -> int:
     """Blocks that fill the window and then evict from it at least twice (>= 8)."""
     return max(8, math.ceil(geom.capacity_frames / geom.frames_per_block) + 3)
-
-
-def verification_prompts(session: PlanSession, seed: int = 1234):
-    """Two prompt contexts: the model's own words when it has a text encoder, else seeded embeddings."""
-    if session.vocab is not None:
-        words = list(session.vocab)
-        return session.context_for(" ".join(words[:4])), session.context_for(" ".join(words[-4:]))
-    g = np.random.default_rng(seed)
-    cfg = session.cfg
-    n = max(1, cfg.text_len // 2)
-    return tuple(session.context_for(g.standard_normal((n, cfg.text_dim)).astype(np.float32)) for _ in range(2))
 
 
 @torch.no_grad()

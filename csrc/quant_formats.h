@@ -1,6 +1,6 @@
 /* arvc quantized storage formats: the C definition of quant/formats.py (the two must agree; the
- * Python traits table TRAITS holds the same sizes, and tests/test_quant_formats.py compiles this header
- * and decodes the hand-computed vectors with it).
+ * Python format table, quant/format_table.py, holds the same sizes (tests/test_format_table.py), and
+ * tests/test_quant_formats.py compiles this header and decodes the hand-computed vectors with it).
  *
  * Layouts (row-major, the last dimension is the input / head dimension):
  *   INT8   data int8 [rows, cols], scale fp32 per group; value = data * scale

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import E4M3_MAX
+from .format_table import ACTIVATION_FORMATS, FORMATS, QUANTIZED_FORMATS
+from .format_table import E4M3_MAX
 
 ACT_MODES = ("static", "dynamic")
 ACT_SCALES = ("per-layer", "per-timestep")
-ACT_FORMAT_OF_WEIGHTS = {"int8": "int8", "fp8": "fp8", "nvfp4": "fp8"}
-QMAX = {"int8": 127.0, "fp8": E4M3_MAX}
+ACT_FORMAT_OF_WEIGHTS = {f: FORMATS[f].act_format for f in QUANTIZED_FORMATS}
+QMAX = {f: FORMATS[f].qmax for f in ACTIVATION_FORMATS}
 # Linears outside the per-block dit graph: the cross-attention K/V run once per prompt (text stage)
 NOT_PER_CALL = ("blocks.*.cross_attn.k", "blocks.*.cross_attn.v")
 
@@ -57,7 +58,7 @@ def fake_quant(x: torch.Tensor, fmt: str, scale: torch.Tensor) -> torch.Tensor:
         return torch.round(y).clamp(-128, 127) * scale
     if fmt == "fp8":
         return y.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float() * scale
-    raise ValueError(f"activation format {fmt!r} unknown; choose one of {tuple(QMAX)}")
+    raise ValueError(f"activation format {fmt!r} unknown; choose one of {ACTIVATION_FORMATS}")
 
 
 def dynamic_scale(x: torch.Tensor, fmt: str) -> torch.Tensor:

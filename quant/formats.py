@@ -1,8 +1,8 @@
 """Stored quantized formats: INT8, FP8 E4M3 and NVFP4 (DESIGN section 3), one class each.
 
 Each format declares the fields it stores (name, dtype, shape rule) and encodes / decodes exactly; the
-C layouts with size asserts are in ``csrc/quant_formats.h`` and ``TRAITS`` below is the one table both
-agree on. Encoders refuse non-finite input: a NaN or infinity in a weight or activation is a bug
+C layouts with size asserts are in ``csrc/quant_formats.h``, and quant/format_table.py is the one table
+both agree on. Encoders refuse non-finite input: a NaN or infinity in a weight or activation is a bug
 upstream, and silently clamping it would hide that.
 
 Granularity (``axis``): the scale is shared along every dimension except the kept ones.
@@ -16,27 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .format_table import E2M1_VALUES, E4M3_MAX, NVFP4_BLOCK
+
 GRANULARITIES = ("per_tensor", "per_channel", "per_token")
-E4M3_MAX = 448.0
-E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # code & 7 -> magnitude; bit 3 is the sign
-NVFP4_BLOCK = 16
-
-
-@dataclass(frozen=True)
-class FormatTraits:
-    name: str
-    bits_per_value: float  # payload bits per element, scales excluded
-    block: int  # elements sharing one scale (0: per row / tensor)
-    block_bytes: int  # bytes of one C block struct (0: no block struct)
-
-
-TRAITS = {
-    "int8": FormatTraits("int8", 8, 0, 0),
-    "fp8": FormatTraits("fp8", 8, 0, 0),
-    # 16 elements: an 8-byte block of packed E2M1 pairs (arvc_nvfp4_block) + 1 byte of E4M3 scale in the
-    # scale plane -> 4.5 bits per element
-    "nvfp4": FormatTraits("nvfp4", 4, NVFP4_BLOCK, 8),
-}
 
 
 def _check_finite(x: torch.Tensor, what: str) -> None:
@@ -65,6 +47,14 @@ def _expand(scale: torch.Tensor, x: torch.Tensor, granularity: str) -> torch.Ten
     return scale.unsqueeze(-1)
 
 
+def _scaled(x: torch.Tensor, granularity: str, qmax: float, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (scale = amax / qmax per group, 1 for an all-zero group; x / scale in fp32)."""
+    _check_finite(x, f"{fmt} encode")
+    amax = _amax(x, granularity)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return scale, x.float() / _expand(scale, x, granularity)
+
+
 @dataclass(frozen=True)
 class Int8:
     """Symmetric INT8: code = clamp(round_half_even(x / scale), -127, 127), scale = amax / 127 (1 if amax = 0)."""
@@ -73,11 +63,8 @@ class Int8:
     fields = (("data", "int8", "x.shape"), ("scale", "float32", "one per group"))
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_finite(x, "int8 encode")
-        amax = _amax(x, self.granularity)
-        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        q = torch.round(x.float() / _expand(scale, x, self.granularity)).clamp(-127, 127).to(torch.int8)
-        return {"data": q, "scale": scale}
+        scale, y = _scaled(x, self.granularity, 127.0, "int8")
+        return {"data": torch.round(y).clamp(-127, 127).to(torch.int8), "scale": scale}
 
     def decode(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
         return f["data"].float() * _expand(f["scale"], f["data"], self.granularity)
@@ -91,11 +78,8 @@ class Fp8E4M3:
     fields = (("data", "uint8 (E4M3 bits)", "x.shape"), ("scale", "float32", "one per group"))
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_finite(x, "fp8 encode")
-        amax = _amax(x, self.granularity)
-        scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-        y = (x.float() / _expand(scale, x, self.granularity)).clamp(-E4M3_MAX, E4M3_MAX)
-        return {"data": y.to(torch.float8_e4m3fn).view(torch.uint8), "scale": scale}
+        scale, y = _scaled(x, self.granularity, E4M3_MAX, "fp8")
+        return {"data": y.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8), "scale": scale}
 
     def decode(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
         return f["data"].view(torch.float8_e4m3fn).float() * _expand(f["scale"], f["data"], self.granularity)
@@ -179,3 +163,6 @@ def stored_bits_per_element(fmt: str, shape: tuple[int, ...], granularity: str =
         return 4 + 8 / NVFP4_BLOCK + 32 / numel
     groups = {"per_tensor": 1, "per_channel": shape[0], "per_token": numel // shape[-1]}[granularity]
     return 8 + 32 * groups / numel
+
+
+CODECS = {"int8": Int8, "fp8": Fp8E4M3, "nvfp4": NVFP4}  # quant/format_table.py's quantized formats

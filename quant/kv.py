@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .formats import NVFP4, NVFP4_BLOCK, Fp8E4M3, Int8
-
-KV_FORMATS = ("fp32", "fp16", "int8", "fp8", "nvfp4")
+from .format_table import FORMATS, KV_FORMATS
+from .format_table import NVFP4_BLOCK
+from .formats import CODECS
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,28 @@ def kv_row_bytes(fmt: str, dim: int, heads: int) -> int:
 def kv_round_trip(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """What the cache returns for rows ``x`` [..., heads, head_dim] stored in ``fmt``: decode(encode(x)),
     one scale per (token, head). The reference cache stores this, so it matches a plan's cache exactly."""
-    if fmt == "fp32":
-        return x
-    if fmt == "fp16":
-        return x.half().to(x.dtype)
-    codec = {"int8": Int8("per_token"), "fp8": Fp8E4M3("per_token"), "nvfp4": NVFP4("per_token")}.get(fmt)
-    if codec is None:
+    if fmt not in KV_FORMATS:
         raise ValueError(f"KV-cache format {fmt!r} unknown; choose one of {KV_FORMATS}")
+    f = FORMATS[fmt]
+    if not f.quantized:  # a float cache rounds to its dtype
+        return x.to(f.torch_dtype).to(x.dtype)
+    codec = CODECS[f.name]("per_token")
     return codec.decode(codec.encode(x)).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class KVRegion:
+    """One set of buffers of a layer's K (or V) cache, named ``{k|v}_{prefix}{part}_{layer}`` in dit.onnx."""
+
+    prefix: str  # "sink_": the sink's own buffers; "": the ring's (or the whole cache's)
+    format: str  # a KV format
+    rows: int
+
+
+def kv_regions(kv_cache: str, kv_sink: str | None, cache_rows: int, sink_rows: int) -> tuple[KVRegion, ...]:
+    """The buffers of one layer's K (or V) cache: one region; or, when the sink has its own format, the sink's
+    rows + 1 scratch row and the ring's rows + 1 scratch row (a write to the other region lands on the scratch
+    row and is never read: arvc/graphs/lower_kv.split_rows). The manifest, the graph and the backends read this."""
+    if not (kv_sink and sink_rows):
+        return (KVRegion("", kv_cache, cache_rows),)
+    return KVRegion("sink_", kv_sink, sink_rows + 1), KVRegion("", kv_cache, cache_rows - sink_rows + 1)

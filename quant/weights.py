@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .format_table import QUANTIZED_FORMATS
 from .formats import NVFP4, Fp8E4M3, Int8
 
 # The block linears: where nearly all parameters and FLOPs are.
@@ -37,7 +38,7 @@ def quantize_weight(w: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
     if fmt == "nvfp4":
         f = NVFP4().encode(w)
         return {"": f["weight"], "_scale": f["weight_scale"].view(torch.float8_e4m3fn), "_scale_2": f["weight_scale_2"]}
-    raise ValueError(f"no weight quantizer for format {fmt!r}")
+    raise ValueError(f"no weight quantizer for format {fmt!r}; choose one of {QUANTIZED_FORMATS}")
 
 
 def dequantize_weight(stored: dict[str, torch.Tensor], fmt: str) -> torch.Tensor:
@@ -45,8 +46,10 @@ def dequantize_weight(stored: dict[str, torch.Tensor], fmt: str) -> torch.Tensor
         return Int8("per_channel").decode({"data": stored[""], "scale": stored["_scale"]})
     if fmt == "fp8":
         return Fp8E4M3("per_channel").decode({"data": stored[""].view(torch.uint8), "scale": stored["_scale"]})
-    return NVFP4().decode({"weight": stored[""], "weight_scale": stored["_scale"].view(torch.uint8),
-                           "weight_scale_2": stored["_scale_2"]})
+    if fmt == "nvfp4":
+        return NVFP4().decode({"weight": stored[""], "weight_scale": stored["_scale"].view(torch.uint8),
+                               "weight_scale_2": stored["_scale_2"]})
+    raise ValueError(f"no weight decoder for format {fmt!r}; choose one of {QUANTIZED_FORMATS}")
 
 
 def quantize_state_dict(sd: dict[str, torch.Tensor], fmt: str, skip: tuple[str, ...],

@@ -1,1 +1,1 @@
-"""Streaming runtime: KV cache, schedule, causal loop, sessions and video output."""
+"""Streaming runtime: the plan format, its backends and kernels, sessions and video output."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .manifest import Manifest
+
 BACKENDS = ("ort", "torch", "tensorrt")
 
 
@@ -41,10 +43,10 @@ def backend_options(name: str, options: dict) -> dict:
     return {**OPTION_DEFAULTS, **options}
 
 
-def open_backend(name: str | None, plan_dir: Path, manifest: dict, **options):
+def open_backend(name: str | None, plan_dir: Path, manifest: Manifest, **options):
     """options: threads, exact_qdq (ort); threads, device, dtype, cache_ops, cuda_graph, fp8_gemm (torch)."""
     chosen = name
-    name = name or manifest.get("target", {}).get("backend", "ort")
+    name = name or manifest.target.backend
     o = backend_options(name, options)
     threads, device = o["threads"], o["device"]
     if name == "ort":
@@ -59,7 +61,7 @@ def open_backend(name: str | None, plan_dir: Path, manifest: dict, **options):
         if device is None:
             if not torch.cuda.is_available():
                 why = ("the torch backend runs on CUDA by default" if chosen else
-                       f"{plan_dir} was compiled with --target {manifest['target']['name']} (the torch backend on CUDA)")
+                       f"{plan_dir} was compiled with --target {manifest.target.name} (the torch backend on CUDA)")
                 raise RuntimeError(f"{why}, but PyTorch sees no CUDA device here (torch {torch.__version__}); run "
                                    "the plan with the ort backend (--backend ort) or the torch backend on the CPU "
                                    "(--backend torch --device cpu)")

@@ -8,6 +8,7 @@ Python code that drives libarvc (the tests that compare it with the Python runti
 from __future__ import annotations
 
 import ctypes
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ _SIGNATURES = {
     "arvc_switch_prompt": (ctypes.c_int, [_p, ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
     "arvc_switch_prompt_embeddings": (ctypes.c_int, [_p, _f32p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                                      ctypes.POINTER(ctypes.c_int64)]),
+    "arvc_plan_describe": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_char_p)]),
 }
 
 
@@ -71,6 +73,15 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
     return lib
+
+
+def describe_plan(lib: ctypes.CDLL, plan: str | Path, verify_files: bool = True) -> dict:
+    """The plan as the C runtime reads it (arvc_plan_describe)."""
+    out = ctypes.c_char_p()
+    status = lib.arvc_plan_describe(str(plan).encode(), int(verify_files), ctypes.byref(out))
+    if status != 0:
+        raise CApiError(status, lib.arvc_last_error().decode())
+    return json.loads(out.value)
 
 
 class CSession:

@@ -17,14 +17,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from arvc.quant.format_table import KV_CODES, dtype_codes
 from arvc.quant.kv import kv_parts
+
+DTYPE_CODES = dtype_codes()  # torch dtype -> arvc_dtype
 
 REPO = Path(__file__).resolve().parents[1]  # runtime/ sits at the repository's top level
 INSTALLED_LIB = Path(__file__).resolve().parent / "lib"  # where a wheel's CMake install puts the libraries
-KV_FORMAT = {"fp16": 1, "int8": 2, "fp8": 3, "nvfp4": 4}
-DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 FLAG_NO_HOST_SYNC = 1
 LIB_NAME = {False: "libarvc_kernels.so", True: "libarvc_kernels_cuda.so"}
 
@@ -162,8 +164,6 @@ def library_path(cuda: bool) -> Path:
 
 # ---- caches ---------------------------------------------------------------------------------------------
 
-_TORCH_DTYPE = {"float16": torch.float16, "int8": torch.int8, "uint8": torch.uint8, "float32": torch.float32}
-
 
 class CacheTensors:
     """One layer's K or V cache in an ABI format as zeroed torch tensors, and the arvc_kv_cache over them.
@@ -172,18 +172,19 @@ class CacheTensors:
     f32 (quantized formats); the struct holds their addresses, so the tensors must never be reallocated."""
 
     def __init__(self, fmt: str, rows: int, heads: int, head_dim: int, device: str | torch.device = "cpu"):
-        if fmt not in KV_FORMAT:
-            raise ValueError(f"KV format {fmt!r} has no kernel; choose one of {tuple(KV_FORMAT)}")
+        if fmt not in KV_CODES:
+            raise ValueError(f"KV format {fmt!r} has no kernel; choose one of {tuple(KV_CODES)}")
         self.fmt, self.rows, self.heads, self.head_dim = fmt, rows, heads, head_dim
         self.device = torch.device(device)
         parts = {p.name: p for p in kv_parts(fmt, heads * head_dim, heads)}
-        alloc = (lambda p: torch.zeros(rows, p.width, dtype=_TORCH_DTYPE[p.dtype.__name__], device=self.device))
+        alloc = (lambda p: torch.zeros(rows, p.width, dtype=torch.from_numpy(np.empty(0, p.dtype)).dtype,
+                                       device=self.device))
         self.data = alloc(parts["cache"])
         self.device = self.data.device  # "cuda" -> "cuda:0": compared with tensors' devices, which carry the index
         self.block_scale = alloc(parts["block_scale"]) if "block_scale" in parts else None
         self.scale = alloc(parts["scale"]) if "scale" in parts else None
         ptr = (lambda t: t.data_ptr() if t is not None else None)
-        self.struct = KVCacheStruct(KV_FORMAT[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
+        self.struct = KVCacheStruct(KV_CODES[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
                                     ptr(self.scale))
         self.address = ctypes.addressof(self.struct)
 
@@ -277,9 +278,9 @@ class Kernels:
         """Quantize x [n, heads*head_dim] (rows may be strided) into cache rows `rows` (int32 [n])."""
         self._cache("cache", cache)
         dim = cache.heads * cache.head_dim
-        self._tensor("x", x, DTYPE, (None, dim))
+        self._tensor("x", x, DTYPE_CODES, (None, dim))
         self._tensor("rows", rows, (torch.int32,), (x.shape[0],))
-        st = self._write(cache.address, x.data_ptr(), DTYPE[x.dtype], row_stride(x), rows.data_ptr(), x.shape[0],
+        st = self._write(cache.address, x.data_ptr(), DTYPE_CODES[x.dtype], row_stride(x), rows.data_ptr(), x.shape[0],
                          FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
         self._check("kv_cache_write", st, "cache, x, rows")
 
@@ -293,7 +294,7 @@ class Kernels:
         self._cache("k", k)
         self._cache("v", v)
         dim = k.heads * k.head_dim
-        self._tensor("q", q, DTYPE, (None, dim))
+        self._tensor("q", q, DTYPE_CODES, (None, dim))
         self._tensor("out", out, (q.dtype,), (q.shape[0], dim))
         self._tensor("key_valid", key_valid, (torch.uint8, torch.bool), (k.rows,))
         cos_p = sin_p = None
@@ -314,7 +315,7 @@ class Kernels:
                 raise ValueError(f"k_new and v_new need one row stride ({k_new.stride(0)} vs {v_new.stride(0)})")
             n_new, new_stride, kn_p, vn_p = k_new.shape[0], row_stride(k_new), k_new.data_ptr(), v_new.data_ptr()
         scale = 1.0 / math.sqrt(k.head_dim) if softmax_scale is None else softmax_scale
-        st = self._attn(q.data_ptr(), DTYPE[q.dtype], row_stride(q), q.shape[0], k.address, v.address,
+        st = self._attn(q.data_ptr(), DTYPE_CODES[q.dtype], row_stride(q), q.shape[0], k.address, v.address,
                         key_valid.data_ptr(), cos_p, sin_p, kn_p, vn_p, new_stride, n_new, scale, out.data_ptr(),
                         row_stride(out), FLAG_NO_HOST_SYNC if no_host_sync else 0, *self._stream())
         self._check("attention", st, "q, k, v, key_valid, out, k_rope, k_new, v_new")
@@ -323,8 +324,8 @@ class Kernels:
     def rope3d(self, x: torch.Tensor, heads: int, head_dim: int, frames: int, height: int, width: int,
                frame_offset: int) -> torch.Tensor:
         """Wan's 3D RoPE in place on x [frames*height*width, heads*head_dim] (rows may be strided)."""
-        self._tensor("x", x, DTYPE, (frames * height * width, heads * head_dim))
-        st = self._rope(x.data_ptr(), DTYPE[x.dtype], row_stride(x), heads, head_dim, frames, height, width,
+        self._tensor("x", x, DTYPE_CODES, (frames * height * width, heads * head_dim))
+        st = self._rope(x.data_ptr(), DTYPE_CODES[x.dtype], row_stride(x), heads, head_dim, frames, height, width,
                         frame_offset, *self._stream())
         self._check("rope3d", st, "x, heads, head_dim, frames, height, width, frame_offset")
         return x

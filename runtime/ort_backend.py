@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from arvc.quant.kv import kv_parts
+
+from .manifest import Manifest
 
 
 def physical_cores() -> int:
@@ -50,57 +51,36 @@ def _zeros_value(shape, dtype=np.float32):
     return arr, ort.OrtValue.ortvalue_from_numpy(arr)
 
 
-@dataclass
-class StageTimes:
-    text_s: float = 0.0
-    dit_s: float = 0.0
-    vae_s: float = 0.0
-    dit_calls: int = 0
-    vae_calls: int = 0
-    per_call: list = field(default_factory=list)
-
-
 class OrtBackend:
     name = "ort"
 
-    def __init__(self, plan_dir: Path, manifest: dict, threads: int | None = None, vae_threads: int | None = None,
-                 exact_qdq: bool = False):
-        import onnxruntime as ort
-
+    def __init__(self, plan_dir: Path, manifest: Manifest, threads: int | None = None, exact_qdq: bool = False):
         self.providers = ["CPUExecutionProvider"]
         self.threads = threads or physical_cores()
-        self.vae_threads = vae_threads or self.threads
-        stages = manifest["stages"]
+        stages = manifest.stages
         self.manifest = manifest
-        m = manifest["model"]["dit"]
-        self.num_layers, self.dim = m["num_layers"], m["dim"]
-        res = manifest["resolution"]
-        self.cache_rows = res["cache_tokens"]
-        self.text = _session(plan_dir / stages["text"]["graph"], self.threads, self.providers)
-        self.dit = _session(plan_dir / stages["dit"]["graph"], self.threads, self.providers, exact_qdq)
-        self.vae_first = _session(plan_dir / stages["vae"]["graphs"]["first"], self.vae_threads, self.providers)
-        self.vae = _session(plan_dir / stages["vae"]["graphs"]["steady"], self.vae_threads, self.providers)
-        te = stages.get("text_encoder")
-        self.text_encoder = _session(plan_dir / te["graph"], self.threads, self.providers) if te else None
-        self.ort_version = ort.__version__
+        cfg = manifest.model.dit
+        self.num_layers, self.dim = cfg.num_layers, cfg.dim
+        self.cache_rows = manifest.cache_rows
+        self.text = _session(plan_dir / stages.text.graph, self.threads, self.providers)
+        self.dit = _session(plan_dir / stages.dit.graph, self.threads, self.providers, exact_qdq)
+        self.vae_first = _session(plan_dir / stages.vae.graphs.first, self.threads, self.providers)
+        self.vae = _session(plan_dir / stages.vae.graphs.steady, self.threads, self.providers)
+        te = stages.text_encoder
+        self.text_encoder = _session(plan_dir / te.graph, self.threads, self.providers) if te else None
 
         # KV cache, bound in place once
         self.kv_arrays, self.kv_values = [], []
         self._dit_binding = self.dit.io_binding()
-        recipe, heads = manifest["recipe"], m["num_heads"]
-        regions = [("", recipe.get("kv_cache", "fp32"), self.cache_rows)]
-        if recipe.get("kv_sink"):  # sink rows + 1 scratch row, ring rows + 1 scratch row (compiler/lower_kv.py)
-            sink_rows = manifest["geometry"]["sink"] * res["tokens_per_frame"]
-            regions = [("sink_", recipe["kv_sink"], sink_rows + 1), ("", recipe["kv_cache"], self.cache_rows - sink_rows + 1)]
         for i in range(self.num_layers):
             for kind in ("k", "v"):
-                for region, fmt, rows in regions:
-                    for part in kv_parts(fmt, self.dim, heads):
-                        arr, val = _zeros_value((rows, part.width), part.dtype)
+                for region in manifest.kv_regions():
+                    for part in kv_parts(region.format, self.dim, cfg.num_heads):
+                        arr, val = _zeros_value((region.rows, part.width), part.dtype)
                         self.kv_arrays.append(arr)
                         self.kv_values.append(val)
-                        self._dit_binding.bind_ortvalue_input(f"{kind}_{region}{part.name}_{i}", val)
-                        self._dit_binding.bind_ortvalue_output(f"{kind}_{region}{part.name}_out_{i}", val)
+                        self._dit_binding.bind_ortvalue_input(f"{kind}_{region.prefix}{part.name}_{i}", val)
+                        self._dit_binding.bind_ortvalue_output(f"{kind}_{region.prefix}{part.name}_out_{i}", val)
         x_shape = next(o.shape for o in self.dit.get_outputs() if o.name == "x0")
         self._x0_array, self._x0_value = _zeros_value(x_shape)
         self._dit_binding.bind_ortvalue_output("x0", self._x0_value)

@@ -18,8 +18,9 @@ the safetensors files beside them, so each weight is stored once.
 manifest.json is UTF-8 JSON written canonically (sorted keys, 2-space indent, trailing newline) with
 ``manifest_sha256`` = SHA-256 of the canonical text of the manifest without that key. Reading checks,
 in order: JSON, ``format == "arvc-plan"``, ``schema_version`` <= SCHEMA_VERSION (a newer plan is
-refused, never half-read), canonical form and ``manifest_sha256`` (tampering), then the SHA-256 and
-size of every file in ``files``. Any mismatch raises PlanIntegrityError naming the file.
+refused, never half-read), canonical form and ``manifest_sha256`` (tampering), the fields
+(runtime/manifest.Manifest, the manifest's definition), then the SHA-256 and size of every file in
+``files``. Tampering raises PlanIntegrityError naming the file; a manifest of another arvc, PlanError.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-FORMAT = "arvc-plan"
-SCHEMA_VERSION = 1
+from .manifest import Manifest, ManifestError, ManifestIntegrityError
+
 MANIFEST = "manifest.json"
 
 
@@ -91,49 +92,42 @@ def not_a_plan(path: str | Path) -> str:
     return f"{path} is not an arvc plan (no {MANIFEST}); plans are the directories `arvc compile --help` describes"
 
 
-def read_manifest(plan_dir: str | Path, verify_files: bool = True) -> dict:
+def read_manifest(plan_dir: str | Path, verify_files: bool = True) -> Manifest:
+    """The plan's manifest, after the checks of this module's docstring (PlanError / PlanIntegrityError)."""
     plan_dir = Path(plan_dir)
     path = plan_dir / MANIFEST
     if not path.is_file():
         raise PlanError(not_a_plan(plan_dir))
     raw = path.read_bytes()
     try:
-        manifest = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+        Manifest.check_header(data)
+        # The sealed text embeds the digest recomputed from the content, so any edited byte (content,
+        # digest or layout) makes the file differ from it.
+        if raw.decode("utf-8") != seal_manifest(data):
+            raise ManifestIntegrityError("integrity check failed: manifest.json was modified after compile (its "
+                                         "manifest_sha256 does not match); recompile the plan")
+        manifest = Manifest.from_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PlanIntegrityError(f"{path}: integrity check failed: not valid JSON ({e}); the plan is corrupted, "
                                  "recompile it from its checkpoint (arvc compile)") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PlanError(f"{path}: not an arvc plan manifest (format must be {FORMAT!r})")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        raise PlanIntegrityError(f"{path}: integrity check failed: schema_version is missing; recompile the plan")
-    if version > SCHEMA_VERSION:
-        raise PlanError(f"{path}: plan schema version {version} is newer than this arvc reads "
-                        f"(up to {SCHEMA_VERSION}, arvc {_arvc_version()}); upgrade arvc, or recompile the plan with this arvc")
-    # The sealed text embeds the digest recomputed from the content, so any edited byte (content,
-    # digest or layout) makes the file differ from it.
-    if raw.decode("utf-8") != seal_manifest(manifest):
-        raise PlanIntegrityError(f"{path}: integrity check failed: manifest.json was modified after compile "
-                                 "(its manifest_sha256 does not match); recompile the plan")
+    except ManifestIntegrityError as e:
+        raise PlanIntegrityError(f"{path}: {e}") from None
+    except ManifestError as e:
+        raise PlanError(f"{path}: {e}") from None
     if verify_files:
         verify_plan_files(plan_dir, manifest)
     return manifest
 
 
-def verify_plan_files(plan_dir: Path, manifest: dict) -> None:
-    for name, entry in sorted(manifest["files"].items()):
+def verify_plan_files(plan_dir: Path, manifest: Manifest) -> None:
+    for name, entry in sorted(manifest.files.items()):
         path = plan_dir / name
         if not path.is_file():
             raise PlanIntegrityError(f"{path}: integrity check failed: file is missing; recompile the plan")
-        if path.stat().st_size != entry["bytes"]:
+        if path.stat().st_size != entry.bytes:
             raise PlanIntegrityError(f"{path}: integrity check failed: {path.stat().st_size} bytes, the manifest "
-                                     f"records {entry['bytes']}; the file was truncated or replaced, recompile the plan")
-        if sha256_file(path) != entry["sha256"]:
+                                     f"records {entry.bytes}; the file was truncated or replaced, recompile the plan")
+        if sha256_file(path) != entry.sha256:
             raise PlanIntegrityError(f"{path}: integrity check failed: SHA-256 differs from the manifest; the file "
                                      "was corrupted or edited after compile, recompile the plan")
-
-
-def _arvc_version() -> str:
-    from arvc import __version__
-
-    return __version__

@@ -21,15 +21,14 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from arvc.model.config import WanConfig
+from arvc.model.cache_geometry import CacheGeometry, SlotMap
+from arvc.model.causal import CausalLoop
+from arvc.model.config import WanConfig, latent_frames_for
 from arvc.model.rope import rope_angles
+from arvc.model.schedule import Schedule
 
-from .causal import CausalLoop
-from .kv_cache import CacheGeometry, SlotMap
 from .backends import open_backend
 from .plan import read_manifest
-from .schedule import Schedule
-from .torch_stream import latent_frames_for
 
 _ROPE_CACHE = 16  # position lists whose cos/sin tables are kept (absolute positions keep changing)
 
@@ -144,18 +143,14 @@ class PlanSession:
         the plan's compile target); backend_options: runtime/backends.open_backend's (device, dtype,
         cache_ops, cuda_graph)."""
         self.plan_dir = Path(plan_dir)
-        self.manifest = read_manifest(self.plan_dir, verify_files=verify)
-        m = self.manifest
-        self.cfg = WanConfig.from_dict(m["model"]["dit"])
-        self.geometry = CacheGeometry(**m["geometry"])
-        self.schedule = Schedule(tuple(m["schedule"]["timesteps"]))
-        res = m["resolution"]
-        self.height, self.width, self.fps = res["height"], res["width"], res["fps"]
-        self.latent_hw = (res["latent_h"], res["latent_w"])
-        self.temporal_factor = 2 ** sum(m["model"]["vae"]["temporal_upsample"])
-        te = m["model"].get("text_encoder")
-        self.vocab = {w: i for i, w in enumerate(te["vocab"])} if te else None
-        self.text_max_len = te["max_len"] if te else None
+        self.manifest = m = read_manifest(self.plan_dir, verify_files=verify)
+        self.cfg, self.geometry, self.schedule = m.model.dit, m.geometry, m.schedule
+        self.height, self.width, self.fps = m.resolution.height, m.resolution.width, m.resolution.fps
+        self.latent_hw = m.latent_hw
+        self.temporal_factor = m.temporal_factor
+        te = m.model.text_encoder
+        self.vocab = {w: i for i, w in enumerate(te.vocab)} if te else None
+        self.text_max_len = te.max_len if te else None
         self.backend = open_backend(backend, self.plan_dir, m, threads=threads, exact_qdq=exact_qdq, **backend_options)
         self.stats = StreamStats()
         self._pending: list = []

@@ -178,12 +178,11 @@ def memory_report(session) -> dict:
     """Bytes by category: what the plan stores, what the backend holds, and the process's peak."""
     import os
 
-    m, b = session.manifest, session.backend
-    stored = m["memory"]["weights_bytes"]
-    out = {"weights_stored_bytes": stored,
+    memory, b = session.manifest.memory, session.backend
+    out = {"weights_stored_bytes": dict(memory.weights_bytes),
            "kv_cache_bytes": b.kv_cache_bytes,
            "vae_state_bytes": b.vae_state_bytes,
-           "dit_activations_bytes_estimate": m["memory"].get("dit_activation_bytes_estimate")}
+           "dit_activations_bytes_estimate": memory.dit_activation_bytes_estimate}
     if getattr(b, "device", None) is not None and str(b.device).startswith("cuda"):
         import torch
 
@@ -202,9 +201,8 @@ def profile_plan(plan_dir, seconds: float = 5.0, prompt=None, seed: int = 0, war
                  backend: str | None = None, **backend_options) -> tuple[dict, Recorder]:
     """Load a plan, stream ``seconds`` of video once to warm up (unless warmup=False) and once recorded;
     -> (report, recorder). prompt: text or [L, text_dim] embeddings; default: the plan's verification prompt."""
-    from arvc.compiler.verify import verification_prompts
-
     from .plan_session import load
+    from .prompts import verification_prompts
 
     t0 = time.perf_counter()
     session = load(plan_dir, backend=backend, **backend_options)
@@ -220,8 +218,7 @@ def profile_plan(plan_dir, seconds: float = 5.0, prompt=None, seed: int = 0, war
             pass
     finally:
         session.recorder = None
-    m = session.manifest
-    report = {"plan": str(plan_dir), "backend": session.backend.name, "precision": m["precision"],
+    report = {"plan": str(plan_dir), "backend": session.backend.name, "precision": session.manifest.precision,
               "resolution": f"{session.width}x{session.height}", "fps_video": session.fps, "seconds": seconds,
               "seed": seed, "load_s": round(load_s, 3), "warmup": warmup, **summarize(rec),
               "memory": memory_report(session)}

@@ -17,44 +17,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arvc.model.config import WanConfig
-
+from .manifest import Manifest
 from .torch_cache import CacheLayout, make_cache_ops
 from .torch_dit import DTYPES, DitInputs, PlanDiT, fp8_gemm_supported
 
 
-def plan_act_quant(manifest: dict) -> tuple[dict, tuple[float, ...]]:
+def plan_act_quant(manifest: Manifest) -> tuple[dict, tuple[float, ...]]:
     """The plan's activation quantization: layer -> ActQuant, and the calibrated timesteps."""
-    from arvc.compiler.calibrate import act_quant_table
-    from arvc.compiler.recipe import Recipe
+    from arvc.quant.recipe import act_quant_table
 
-    rd = manifest["recipe"]
-    layers = rd.get("quantized_activations") or []
-    if not layers:
+    recipe = manifest.recipe
+    if not recipe.quantized_activations:
         return {}, ()
-    recipe = Recipe.from_manifest(rd)
-    calibration = rd.get("calibration")
-    return act_quant_table(recipe, calibration, layers), tuple(calibration["timesteps"]) if calibration else ()
+    return act_quant_table(recipe, recipe.calibration, list(recipe.quantized_activations)), recipe.act_timesteps
 
 
-def plan_weight_formats(manifest: dict) -> dict[str, str]:
-    """layer -> storage format of every quantized linear of the plan."""
-    from arvc.compiler.recipe import Recipe
-
-    rd = manifest["recipe"]
-    recipe = Recipe.from_manifest(rd)
-    return {w.rsplit(".weight", 1)[0]: recipe.weight_format(w.rsplit(".weight", 1)[0])
-            for w in rd.get("quantized_weights", [])}
-
-
-def _vae_module(plan_dir: Path, manifest: dict, device, dtype):
+def _vae_module(plan_dir: Path, manifest: Manifest, device, dtype):
     from arvc.checkpoints.safetensors_io import read_safetensors
-    from arvc.model.config import WanVAEConfig
     from arvc.model.vae import WanVAEDecoder
 
-    cfg = WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["model"]["vae"].items()})
-    vae = WanVAEDecoder(cfg)
-    tensors, _ = read_safetensors(plan_dir / manifest["stages"]["vae"]["weights"])
+    vae = WanVAEDecoder(manifest.model.vae)
+    tensors, _ = read_safetensors(plan_dir / manifest.stages.vae.weights)
     vae.load_state_dict(tensors)
     return vae.to(device=device, dtype=dtype).eval()
 
@@ -62,9 +45,8 @@ def _vae_module(plan_dir: Path, manifest: dict, device, dtype):
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, plan_dir: Path, manifest: dict, device: str = "cuda", dtype: str | None = None,
-                 cache_ops: str = "auto", cuda_graph: bool | None = None, fp8_gemm: bool | None = None,
-                 vae_dtype: str | None = None):
+    def __init__(self, plan_dir: Path, manifest: Manifest, device: str = "cuda", dtype: str | None = None,
+                 cache_ops: str = "auto", cuda_graph: bool | None = None, fp8_gemm: bool | None = None):
         """dtype: GEMM / attention dtype (default bf16 on CUDA, fp32 on CPU, where it matches ORT's plan);
         cuda_graph: capture the dit call (default: on CUDA whenever the cache ops allow it);
         fp8_gemm: fp8 weights x fp8 activations as torch._scaled_mm (default: where the device has it and
@@ -80,14 +62,10 @@ class TorchBackend:
             raise ValueError(f"compute dtype {dtype!r} unknown; choose one of {tuple(DTYPES)}")
         self.dtype = DTYPES[dtype]
         self.manifest = manifest
-        m = manifest["model"]["dit"]
-        self.cfg = cfg = WanConfig.from_dict(m)
+        self.cfg = cfg = manifest.model.dit
         self.num_layers, self.dim = cfg.num_layers, cfg.dim
-        res, geom, recipe = manifest["resolution"], manifest["geometry"], manifest["recipe"]
-        self.cache_rows = res["cache_tokens"]
-        fpb = geom["frames_per_block"]
-        self.latent_block = (1, cfg.in_channels, fpb, res["latent_h"], res["latent_w"])
-        self.latent_shape = (1, cfg.in_channels, 1, res["latent_h"], res["latent_w"])
+        self.cache_rows = manifest.cache_rows
+        self.latent_shape = manifest.latent_frame_shape
 
         if fp8_gemm is None:
             fp8_gemm = self.dtype != torch.float32 and fp8_gemm_supported(self.device)
@@ -95,18 +73,17 @@ class TorchBackend:
             raise RuntimeError(f"fp8 GEMMs need a CUDA GPU of compute capability 8.9+ (Ada, Hopper, Blackwell); "
                                f"{self._device_name()} has none")
         act_quant, act_timesteps = plan_act_quant(manifest)
-        tensors, _ = read_safetensors(plan_dir / manifest["stages"]["dit"]["weights"])
-        self.dit = PlanDiT(cfg, tensors, plan_weight_formats(manifest), act_quant, act_timesteps, self.device,
-                           self.dtype, fp8_gemm)
+        tensors, _ = read_safetensors(plan_dir / manifest.stages.dit.weights)
+        self.dit = PlanDiT(cfg, tensors, manifest.recipe.weight_formats, act_quant, act_timesteps, self.device,
+                           self.dtype, fp8_gemm, manifest.numerics.modulation_bf16)
         del tensors
-        sink_rows = geom["sink"] * res["tokens_per_frame"]
-        layout = CacheLayout(self.cache_rows, cfg.dim, cfg.num_heads, recipe.get("kv_cache", "fp32"),
-                             recipe.get("kv_sink"), sink_rows)
+        layout = CacheLayout(self.cache_rows, cfg.dim, cfg.num_heads, manifest.recipe.kv_cache,
+                             manifest.recipe.kv_sink, manifest.sink_rows)
         self.cache = make_cache_ops(cache_ops, layout, cfg.num_layers, self.dtype, self.device,
-                                    n_q=fpb * res["tokens_per_frame"])
+                                    n_q=manifest.tokens_per_block)
         self.cache_ops = self.cache.name
-        self.inputs = DitInputs.allocate(cfg, self.latent_block, fpb * res["tokens_per_frame"], self.cache_rows,
-                                         geom["rope"] == "relative", self.device)
+        self.inputs = DitInputs.allocate(cfg, manifest.latent_block_shape, manifest.tokens_per_block, self.cache_rows,
+                                         manifest.geometry.rope == "relative", self.device)
         self._cross = [(torch.zeros(cfg.text_len, cfg.dim, dtype=self.dtype, device=self.device),
                         torch.zeros(cfg.text_len, cfg.dim, dtype=self.dtype, device=self.device))
                        for _ in range(cfg.num_layers)]
@@ -119,17 +96,16 @@ class TorchBackend:
         self._dit_stream = torch.cuda.Stream(self.device) if on_cuda else None
         self._vae_stream = torch.cuda.Stream(self.device) if on_cuda else None
 
-        vae_dtype = DTYPES[vae_dtype or (dtype if on_cuda else "fp32")]  # the baseline decodes in its compute dtype too
+        vae_dtype = DTYPES[dtype if on_cuda else "fp32"]  # the baseline decodes in its compute dtype too
         self.vae = _vae_module(plan_dir, manifest, self.device, vae_dtype)
-        self.vae_state = self.vae.init_state(1, res["latent_h"], res["latent_w"])
-        te = manifest["stages"].get("text_encoder")
+        self.vae_state = self.vae.init_state(1, *manifest.latent_hw)
+        te = manifest.stages.text_encoder
         self.text_encoder = None
         if te:
-            from .torch_models import load_text_encoder
+            from arvc.checkpoints.text import load_text_encoder
 
-            self.text_encoder = load_text_encoder(plan_dir / te["weights"]).to(self.device)
+            self.text_encoder = load_text_encoder(plan_dir / te.weights).to(self.device)
         self._lock = threading.Lock()  # the text stage and the dit call share the cross-attention buffers
-        self.torch_version = torch.__version__
 
     def _device_name(self) -> str:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"device {self.device}"

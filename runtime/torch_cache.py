@@ -20,12 +20,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from arvc.quant.format_table import FORMATS, KV_CODES, KV_FORMATS
 from arvc.quant.kv import kv_round_trip
 
 from .torch_dit import rotate_pairs
 
-KERNEL_FORMATS = ("fp16", "int8", "fp8", "nvfp4")
-PLAIN_FORMATS = ("fp32", "fp16")
+KERNEL_FORMATS = tuple(KV_CODES)  # the caches the csrc kernels hold
+PLAIN_FORMATS = tuple(f for f in KV_FORMATS if not FORMATS[f].quantized)  # stored as is: SDPA reads them
 
 
 class CacheLayout:

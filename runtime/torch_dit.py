@@ -1,7 +1,7 @@
 """A plan's text and dit stages in PyTorch, on any device: what the torch backend runs.
 
-Op for op the graphs of compiler/lower_dit.py (batch 1, tokens kept 2D ``[N, dim]``), built from the tensors
-the plan stores, so ORT and this backend compute the same function and a parity test can compare them:
+arvc.model.dit's math on ``PlanOps`` (batch 1, tokens kept 2D ``[N, dim]``, as the plan's graphs), built from the
+tensors the plan stores, so ORT and this backend compute the same function and a parity test can compare them:
 
 - Linears: stored int8 / nvfp4 weights are decoded once at load into the compute dtype (weight-only, as
   ORT does); fp8 weights whose inputs the plan quantizes to fp8 stay fp8 and run as one
@@ -18,23 +18,23 @@ captured once as a CUDA graph and replayed with new inputs copied in.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from arvc.model import dit as wan
 from arvc.model.config import WanConfig
 from arvc.quant.activations import QMAX, ActQuant
-from arvc.quant.formats import E4M3_MAX
+from arvc.quant.format_table import COMPUTE_FORMATS, E4M3_MAX, FORMATS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: FORMATS[name].torch_dtype for name in COMPUTE_FORMATS}
 
 
 def fp8_gemm_supported(device: torch.device) -> bool:
     """torch._scaled_mm with row-wise scales: CUDA sm_89+ (Ada, Hopper, Blackwell); also CPU (tests)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 9)
+        return torch.cuda.get_device_capability(device) >= FORMATS["fp8"].native_sm
     return device.type == "cpu"
 
 
@@ -124,10 +124,6 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: i
     return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).view(n, -1).to(x.dtype)
 
 
-def _layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight).to(x.dtype)
@@ -138,118 +134,118 @@ class PlanDiT:
 
     def __init__(self, cfg: WanConfig, tensors: dict[str, torch.Tensor], weight_formats: dict[str, str],
                  act_quant: dict[str, ActQuant], act_timesteps: tuple[float, ...], device: torch.device,
-                 dtype: torch.dtype, fp8_gemm: bool):
+                 dtype: torch.dtype, fp8_gemm: bool, modulation_bf16: bool = False):
         from arvc.quant.weights import dequantize_weight
 
         self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.modulation_bf16 = modulation_bf16
         self.act_timesteps = torch.tensor(act_timesteps or (0.0,), dtype=torch.float64, device=device)
-        f32 = dict(device=device, dtype=torch.float32)
+        linear_weight = (lambda n, t: n.endswith(".weight") and t.dim() == 2)
+        # norms, biases, modulation and the patch embedding: fp32 on the device whatever their stored dtype
+        self.vectors = {n: t.to(device=device, dtype=torch.float32) for n, t in tensors.items()
+                        if not linear_weight(n, t) and not n.endswith(("weight_scale", "weight_scale_2"))}
 
-        def vec(name: str) -> torch.Tensor:
-            return tensors[name].to(**f32)
-
-        def linear(prefix: str, dtype: torch.dtype = dtype) -> PlanLinear:
+        def linear(prefix: str) -> PlanLinear:
+            # embeddings and the head are tiny next to the blocks and sensitive: fp32 in every compute dtype
+            out_dtype = dtype if prefix.startswith("blocks.") else torch.float32
             fmt = weight_formats.get(prefix)
             stored = {s: tensors[f"{prefix}.weight{s}"] for s in ("", "_scale", "_scale_2")
                       if f"{prefix}.weight{s}" in tensors}
             q = act_quant.get(prefix)
             act = ActInput(q, device) if q is not None else None
+            bias = self.vectors[f"{prefix}.bias"]
             if fmt == "fp8" and act is not None and act.format == "fp8" and fp8_gemm:
-                return PlanLinear(None, vec(f"{prefix}.bias"), dtype, act,
-                                  fp8=(stored[""].to(device), stored["_scale"].to(device)))
+                return PlanLinear(None, bias, out_dtype, act, fp8=(stored[""].to(device), stored["_scale"].to(device)))
             w = dequantize_weight(stored, fmt) if fmt else stored[""].float()
-            return PlanLinear(w.to(device), vec(f"{prefix}.bias"), dtype, act)
+            return PlanLinear(w.to(device), bias, out_dtype, act)
 
-        self.fp8_layers = [n for n, f in weight_formats.items() if f == "fp8" and n in act_quant and fp8_gemm
-                           and act_quant[n].format == "fp8"]
-        # embeddings and the head are tiny next to the blocks and sensitive: fp32 in every compute dtype
-        fp32 = torch.float32
-        self.patch_w, self.patch_b = vec("patch_embedding.weight"), vec("patch_embedding.bias")
-        self.text_0, self.text_2 = linear("text_embedding.0", fp32), linear("text_embedding.2", fp32)
-        self.time_0, self.time_2 = linear("time_embedding.0", fp32), linear("time_embedding.2", fp32)
-        self.time_proj = linear("time_projection.1", fp32)
-        self.blocks = []
-        for i in range(cfg.num_layers):
-            p = f"blocks.{i}"
-            self.blocks.append({
-                "modulation": vec(f"{p}.modulation").reshape(6, cfg.dim),
-                **{f"sa_{n}": linear(f"{p}.self_attn.{n}") for n in "qkvo"},
-                "sa_norm_q": vec(f"{p}.self_attn.norm_q.weight"), "sa_norm_k": vec(f"{p}.self_attn.norm_k.weight"),
-                **{f"ca_{n}": linear(f"{p}.cross_attn.{n}") for n in "qkvo"},
-                "ca_norm_q": vec(f"{p}.cross_attn.norm_q.weight"), "ca_norm_k": vec(f"{p}.cross_attn.norm_k.weight"),
-                "norm3_w": vec(f"{p}.norm3.weight"), "norm3_b": vec(f"{p}.norm3.bias"),
-                "ffn_0": linear(f"{p}.ffn.0"), "ffn_2": linear(f"{p}.ffn.2"),
-            })
-        self.head_mod = vec("head.modulation").reshape(2, cfg.dim)
-        self.head = linear("head.head", fp32)
-        half = cfg.freq_dim // 2
-        self.freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64) / half).to(device)
-        self._no_t = torch.zeros(1, dtype=torch.int64, device=device)
+        self.linears = {n.rsplit(".", 1)[0]: linear(n.rsplit(".", 1)[0]) for n, t in tensors.items()
+                        if linear_weight(n, t)}
+        self.fp8_layers = [n for n, lin in self.linears.items() if lin.fp8 is not None]
+        self.freqs = wan.sinusoid_frequencies(cfg.freq_dim).to(device)
 
-    # -- text stage (once per prompt) -------------------------------------------------------------------
     @torch.no_grad()
     def cross_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """context [1, L, text_dim] -> per layer (k, v) [L, dim] in the compute dtype."""
+        """The text stage: context [1, L, text_dim] -> per layer (k, v) [L, dim] in the compute dtype."""
         ctx = context.reshape(-1, self.cfg.text_dim).to(self.device, torch.float32)
-        text = self.text_2(F.gelu(self.text_0(ctx, self._no_t).float(), approximate="tanh"), self._no_t)
-        out = []
-        for b in self.blocks:
-            k = _rms(b["ca_k"](text, self._no_t).float(), b["ca_norm_k"], self.cfg.eps)
-            out.append((k.to(self.dtype), b["ca_v"](text, self._no_t).to(self.dtype)))
-        return out
-
-    # -- dit stage (one call on one block) --------------------------------------------------------------
-    def _time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # t: [1] fp64 -> e [1, dim] fp32, e0 [6, dim] fp32, and the calibrated-timestep index (per-timestep scales)
-        arg = t[:, None] * self.freqs[None]
-        s = torch.cat([torch.cos(arg), torch.sin(arg)], dim=1).float()
-        t_index = torch.argmin((self.act_timesteps - t).abs()).reshape(1)  # ties: the first, as ONNX ArgMin
-        e = self.time_2(F.silu(self.time_0(s, t_index).float()), t_index).float()
-        e0 = self.time_proj(F.silu(e), t_index).float().reshape(6, -1)
-        return e, e0, t_index
+        return [(k.to(self.dtype), v.to(self.dtype)) for k, v in wan.text_kv(PlanOps(self), self.cfg, ctx)]
 
     @torch.no_grad()
     def forward(self, inp: DitInputs, cross: list, cache) -> torch.Tensor:
-        """One dit call -> x0 [1, C, F, H, W] fp32 (the block's K/V written into ``cache`` on the way)."""
-        cfg = self.cfg
-        heads, eps = cfg.num_heads, cfg.eps
-        latents = inp.latents
-        _, c, f, hl, wl = latents.shape
-        y = F.conv3d(latents, self.patch_w, self.patch_b, stride=cfg.patch_size)  # [1, dim, F, h, w]
-        x = y.reshape(cfg.dim, -1).t().float()  # [N, dim] fp32 residual, tokens (frame, row, col)
-        e, e0, t_index = self._time(inp.timestep)
-        for i, b in enumerate(self.blocks):
-            shift1, scale1, gate1, shift2, scale2, gate2 = (b["modulation"] + e0).chunk(6, dim=0)  # [1, dim] each
+        """The dit stage, one call -> x0 [1, C, F, H, W] fp32 (the block's K/V written into ``cache`` on the way)."""
+        v = wan.flow(PlanOps(self, inp, cache), self.cfg, inp.latents, inp.timestep, cross)
+        return inp.latents - v * (inp.timestep / 1000.0).float()
 
-            h = _layer_norm(x, eps) * (1 + scale1) + shift1
-            q = rotate_pairs(_rms(b["sa_q"](h, t_index), b["sa_norm_q"], eps), inp.q_cos, inp.q_sin, heads)
-            k = _rms(b["sa_k"](h, t_index), b["sa_norm_k"], eps)
-            if inp.k_cos is None:  # absolute RoPE: K is cached rotated
-                k = rotate_pairs(k, inp.q_cos, inp.q_sin, heads)
-            attn = cache.attend(i, q, k, b["sa_v"](h, t_index), inp)  # [N, dim]
-            x = x + b["sa_o"](attn, t_index).float() * gate1
 
-            n3 = _layer_norm(x, eps, b["norm3_w"], b["norm3_b"])
-            q = _rms(b["ca_q"](n3, t_index), b["ca_norm_q"], eps)
-            x = x + b["ca_o"](_cross_attention(q, *cross[i], heads), t_index).float()
+class PlanOps:
+    """arvc.model.dit's op vocabulary on a PlanDiT: batch 1, tokens [N, dim], one timestep per call. The residual
+    stream, norms, modulation and time embedding stay fp32 (rounded to bf16 where the plan's graph rounds them,
+    under bf16 modulation numerics: arvc/graphs/lower_dit.OnnxDitOps); GEMMs and attention run in the compute dtype."""
 
-            h = _layer_norm(x, eps) * (1 + scale2) + shift2
-            x = x + b["ffn_2"](F.gelu(b["ffn_0"](h, t_index).float(), approximate="tanh"), t_index).float() * gate2
+    def __init__(self, dit: PlanDiT, inp: DitInputs | None = None, cache=None):
+        self.dit, self.inp, self.cache = dit, inp, cache
+        self._md = (lambda x: x.to(torch.bfloat16).float()) if dit.modulation_bf16 else (lambda x: x)
+        self.heads, self.eps = dit.cfg.num_heads, dit.cfg.eps
+        self.t_index = torch.zeros(1, dtype=torch.int64, device=dit.device)  # the text stage has no timestep
 
-        shift, scale = (self.head_mod + e).chunk(2, dim=0)
-        out = self.head(_layer_norm(x, eps) * (1 + scale) + shift, t_index).float()  # [N, 64]
+    def patchify(self, latents):
+        cfg = self.dit.cfg
+        y = F.conv3d(latents, self.dit.vectors["patch_embedding.weight"], self.dit.vectors["patch_embedding.bias"],
+                     stride=cfg.patch_size)  # [1, dim, F, h, w]
+        return self._md(y.reshape(cfg.dim, -1).t().float())  # [N, dim] fp32 residual, tokens (frame, row, col)
+
+    def unpatchify(self, out):
+        cfg = self.dit.cfg
+        _, _, f, hl, wl = self.inp.latents.shape
         p0, p1, p2 = cfg.patch_size
-        u = out.reshape(f // p0, hl // p1, wl // p2, p0, p1, p2, cfg.out_channels).permute(6, 0, 3, 1, 4, 2, 5)
-        v = u.reshape(1, cfg.out_channels, f, hl, wl)
-        return latents - v * (inp.timestep / 1000.0).float()
+        u = out.float().reshape(f // p0, hl // p1, wl // p2, p0, p1, p2, cfg.out_channels).permute(6, 0, 3, 1, 4, 2, 5)
+        return u.reshape(1, cfg.out_channels, f, hl, wl)
 
+    def time_sinusoid(self, t):
+        # t: [1] fp64 -> [1, freq_dim] fp32; also picks the calibrated timestep (per-timestep activation scales)
+        arg = t[:, None] * self.dit.freqs[None]
+        self.t_index = torch.argmin((self.dit.act_timesteps - t).abs()).reshape(1)  # ties: the first, as ONNX ArgMin
+        return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1).float()
 
-def _cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    # q: [N, dim], k/v: [L, dim]; every text row attended (Wan uses no key mask)
-    split = (lambda t: t.reshape(1, t.shape[0], heads, -1).transpose(1, 2))
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(q.shape[0], -1)
+    def time_modulation(self, e, e0):
+        return self._md(e.float()), self._md(e0.float().reshape(6, -1))
 
+    def modulation(self, name, e, parts):
+        return self._md(self._md(self.dit.vectors[name].reshape(parts, -1)) + e).chunk(parts, dim=0)  # [1, dim] each
 
-def softmax_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
+    def linear(self, x, prefix):
+        return self.dit.linears[prefix](x, self.t_index)
+
+    def rms_norm(self, x, prefix):
+        return _rms(x, self.dit.vectors[f"{prefix}.weight"], self.eps)
+
+    def layer_norm(self, x, prefix=None):
+        w, b = (None, None) if prefix is None else (self.dit.vectors[f"{prefix}.weight"], self.dit.vectors[f"{prefix}.bias"])
+        return self._md(F.layer_norm(x, (x.shape[-1],), w, b, self.eps))
+
+    def modulate(self, x, shift, scale):
+        md = self._md
+        return md(md(x * md(1 + scale)) + shift)
+
+    def residual(self, x, y, gate=None):
+        md = self._md
+        return md(x + (md(y.float()) if gate is None else md(md(y.float()) * gate)))
+
+    def gelu(self, x):
+        return F.gelu(x.float(), approximate="tanh")
+
+    def silu(self, x):
+        return F.silu(x.float())
+
+    def self_attention(self, layer, q, k, v):
+        inp = self.inp
+        q = rotate_pairs(q, inp.q_cos, inp.q_sin, self.heads)
+        if inp.k_cos is None:  # absolute RoPE: K is cached rotated
+            k = rotate_pairs(k, inp.q_cos, inp.q_sin, self.heads)
+        return self.cache.attend(layer, q, k, v, inp)  # [N, dim]
+
+    def cross_attention(self, q, k, v):
+        # q: [N, dim], k/v: [L, dim]; every text row attended (Wan uses no key mask)
+        split = (lambda t: t.reshape(1, t.shape[0], self.heads, -1).transpose(1, 2))
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        return out.transpose(1, 2).reshape(q.shape[0], -1)

@@ -28,14 +28,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels import KV_FORMAT, CacheTensors
+from arvc.quant.format_table import KV_CODES
+
+from .kernels import DTYPE_CODES, CacheTensors
 from .kernels import check_tensor as _tensor
 from .kernels import row_stride as _row_stride
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 MAX_HEAD_DIM = 256  # as csrc's ARVC_ATTN_MAX_HEAD_DIM
 LOG2E = 1.4426950408889634
-FMT_FP16, FMT_INT8, FMT_FP8, FMT_NVFP4 = (KV_FORMAT[f] for f in ("fp16", "int8", "fp8", "nvfp4"))
+FMT_FP16, FMT_INT8, FMT_FP8, FMT_NVFP4 = (KV_CODES[f] for f in ("fp16", "int8", "fp8", "nvfp4"))
 
 
 # ---- decoding ---------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def attention(q: torch.Tensor, k: CacheTensors, v: CacheTensors, key_valid: torc
     if head_dim < 32 or head_dim > MAX_HEAD_DIM or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim {head_dim}: the Triton attention takes a power of two in [32, {MAX_HEAD_DIM}]")
     dim = heads * head_dim
-    _tensor("q", q, device, DTYPES, (None, dim))
+    _tensor("q", q, device, DTYPE_CODES, (None, dim))
     _tensor("out", out, device, (q.dtype,), (q.shape[0], dim))
     _tensor("key_valid", key_valid, device, (torch.uint8, torch.bool), (rows,))
     if q.shape[0] == 0:
@@ -229,7 +231,7 @@ def attention(q: torch.Tensor, k: CacheTensors, v: CacheTensors, key_valid: torc
         q, _row_stride(q), out, _row_stride(out),
         k.data, part(k, k.block_scale), part(k, k.scale), v.data, part(v, v.block_scale), part(v, v.scale), valid,
         cos, sin, q.shape[0], rows, scale * LOG2E,
-        HEADS=heads, HEAD_DIM=head_dim, FMT_K=KV_FORMAT[k.fmt], FMT_V=KV_FORMAT[v.fmt], ROPE=k_rope is not None,
+        HEADS=heads, HEAD_DIM=head_dim, FMT_K=KV_CODES[k.fmt], FMT_V=KV_CODES[v.fmt], ROPE=k_rope is not None,
         IEEE=q.dtype == torch.float32,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps or 4, num_stages=num_stages or 2)
     return out

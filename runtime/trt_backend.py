@@ -4,12 +4,13 @@ CUDA kernels through plugins (csrc/trt/), every buffer preallocated on the GPU a
 Same interface and attribute names as runtime/ort_backend.OrtBackend (encode_text, cross_kv, bind_cross,
 run_dit, reset_vae, run_vae, kv_cache_bytes, vae_state_bytes, kv_addresses, latent_shape):
 
-- dit: ``stages.dit_trt`` (dit_trt.onnx, compiled with ``--target tensorrt``): the cache ops are the arvc
-  plugins ``KVCacheWrite`` / ``AttentionQCache`` (compiler/lower_plugin.py). Each cache buffer is one torch
+- dit and text: TensorRT's form of the plan's dit.onnx and text.onnx, derived from the plan at load and cached
+  beside the engines (runtime/trt_graphs.py): the cache ops are the arvc plugins ``KVCacheWrite`` /
+  ``AttentionQCache`` (arvc/graphs/lower_plugin.py). Each cache buffer is one torch
   CUDA tensor bound as both the ``k_cache_i`` input and the ``k_cache_out_i`` output: the write plugin
   declares that output aliased to that input (IPluginV3OneBuildV2::getAliasedInput), so the block's rows
   are written in place and the buffers keep their addresses for the backend's life.
-- text, vae_first, vae, text_encoder: the plan's ONNX graphs as they are.
+- vae_first, vae, text_encoder: the plan's ONNX graphs as they are.
 - Engines: built with the STRONGLY_TYPED network flag (the graph's types are the plan's, TensorRT picks no
   precisions of its own), cached under ``${XDG_CACHE_HOME:-~/.cache}/arvc/engines/<key>.engine`` where key =
   sha256 of (the graph's sha256 from the manifest, GPU name, compute capability, TensorRT version, plugin
@@ -34,6 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from arvc.quant.kv import kv_parts
+
+from .manifest import Manifest
+from .trt_graphs import derive_trt_graphs
 
 PLUGIN_LIBRARY = "libarvc_trt_plugins.so"
 REPO = Path(__file__).resolve().parents[1]
@@ -73,17 +77,15 @@ def plugin_library_path() -> Path | None:
     return None
 
 
-def _recipe_formats(manifest: dict) -> set[str]:
-    r = manifest.get("recipe", {})
-    formats = {r.get("kv_cache"), r.get("kv_sink"), r.get("weights")}
-    for layer_format in dict(r.get("layer_formats") or ()).values():
-        formats.add(layer_format)
-    if r.get("activations"):  # fp8 and nvfp4 weights quantize their GEMM inputs to fp8
-        formats.add("fp8" if r.get("weights") in ("fp8", "nvfp4") else r.get("weights"))
+def _recipe_formats(manifest: Manifest) -> set[str]:
+    r = manifest.recipe
+    formats = {r.kv_cache, r.kv_sink, r.weights, *(fmt for _, fmt in r.layer_formats)}
+    if r.activations:  # fp8 and nvfp4 weights quantize their GEMM inputs to fp8
+        formats.add("fp8" if r.weights in ("fp8", "nvfp4") else r.weights)
     return {f for f in formats if f}
 
 
-def tensorrt_problem(manifest: dict | None = None) -> str | None:
+def tensorrt_problem(manifest: Manifest | None = None) -> str | None:
     """Why this machine cannot run the plan (or, without a manifest, any plan) on TensorRT; None: it can."""
     try:
         _import_tensorrt()
@@ -101,12 +103,15 @@ def tensorrt_problem(manifest: dict | None = None) -> str | None:
         for fmt in sorted(_recipe_formats(manifest)):
             if fmt in FORMAT_CAPABILITY and cap < FORMAT_CAPABILITY[fmt][0]:
                 need, what = FORMAT_CAPABILITY[fmt]
-                return (f"this plan uses {what} ({manifest.get('precision', fmt)}), which needs sm_{need[0]}{need[1]} "
+                return (f"this plan uses {what} ({manifest.precision}), which needs sm_{need[0]}{need[1]} "
                         f"or newer; {name} is sm_{cap[0]}{cap[1]}: recompile with a format this GPU has "
                         f"({'int8 or fp8' if fmt == 'nvfp4' else 'int8'})")
-        if "dit_trt" not in manifest.get("stages", {}):
-            return ("this plan has no TensorRT dit graph (stages.dit_trt); recompile it with --target tensorrt "
-                    "and --kv-cache fp16|int8|fp8|nvfp4")
+        from arvc.graphs.lower_plugin import plugin_problem
+
+        r = manifest.recipe
+        problem = plugin_problem(r.kv_cache, r.kv_sink, r.activations, r.act_scales)
+        if problem:
+            return f"this plan has no TensorRT form: {problem}"
     if plugin_library_path() is None:
         return (f"the arvc TensorRT plugin library ({PLUGIN_LIBRARY}) is not built: configure with TensorRT "
                 "found (cmake -B build -DTENSORRT_ROOT=/path/to/TensorRT) and build, or set ARVC_TRT_PLUGINS to it")
@@ -114,7 +119,7 @@ def tensorrt_problem(manifest: dict | None = None) -> str | None:
 
 
 # -- the dit graph's host-computed inputs ---------------------------------------------------------------------
-HOST_FEEDS_KEY = "arvc.host_feeds"  # = compiler/lower_plugin.HOST_FEEDS_KEY (dit_trt.onnx metadata_props)
+HOST_FEEDS_KEY = "arvc.host_feeds"  # = arvc/graphs/lower_plugin.HOST_FEEDS_KEY (dit_trt.onnx metadata_props)
 
 
 def dit_host_feeds(t: float, freq_dim: int, act_timesteps=()) -> dict[str, np.ndarray]:
@@ -201,11 +206,13 @@ def _load_plugins(trt, logger, library: Path):
     return lib
 
 
-def _build_engine(trt, logger, onnx_path: Path) -> bytes:
+def _build_engine(trt, logger, onnx_path: Path, weights_dir: Path | None = None) -> bytes:
+    """weights_dir: where the graph's external data lives (default: beside it; a derived graph's is the plan)."""
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # external weights are read relative to the file
+    # external weights are read relative to ``path``: the graph's own location, or the plan for a derived graph
+    if not parser.parse(onnx_path.read_bytes(), str((weights_dir or onnx_path.parent) / onnx_path.name)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
@@ -274,8 +281,7 @@ def _copy_in(buffer, arr) -> None:
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, plan_dir: Path, manifest: dict, threads: int | None = None, vae_threads: int | None = None,
-                 exact_qdq: bool = False, log=None):
+    def __init__(self, plan_dir: Path, manifest: Manifest, log=None):
         problem = tensorrt_problem(manifest)
         if problem:
             raise RuntimeError(f"TensorRT backend: {problem}")
@@ -284,14 +290,11 @@ class TensorRTBackend:
 
         plan_dir = Path(plan_dir)
         self.trt_version = trt.__version__
-        self.providers = ["TensorRT"]
-        self.threads, self.vae_threads = threads, vae_threads  # unused: kept for OrtBackend's interface
         self.manifest = manifest
-        stages = manifest["stages"]
-        m = manifest["model"]["dit"]
-        self.num_layers, self.dim = m["num_layers"], m["dim"]
-        res = manifest["resolution"]
-        self.cache_rows = res["cache_tokens"]
+        stages = manifest.stages
+        cfg = manifest.model.dit
+        self.num_layers, self.dim = cfg.num_layers, cfg.dim
+        self.cache_rows = manifest.cache_rows
         self.log = log or (lambda _m: None)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.plugin_library = plugin_library_path()
@@ -301,35 +304,36 @@ class TensorRTBackend:
         plugin_sha = _sha256_file(self.plugin_library)
         self.engine_paths = {}
 
-        def engine(graph: str, what: str) -> _Engine:
-            key = engine_cache_key(manifest["files"][graph]["sha256"], gpu, cap, self.trt_version, plugin_sha)
+        def engine(graph: str | Path, what: str, weights_dir: Path | None = None) -> _Engine:
+            graph_sha = manifest.files[graph].sha256 if isinstance(graph, str) else _sha256_file(graph)
+            key = engine_cache_key(graph_sha, gpu, cap, self.trt_version, plugin_sha)
             path = engine_cache_dir() / f"{key}.engine"
             self.engine_paths[what] = path
             if path.is_file():
                 data = path.read_bytes()
             else:
                 self.log(f"building the TensorRT {what} engine ({graph}, {gpu}); cached as {path}")
-                data = _build_engine(trt, self._logger, plan_dir / graph)
+                data = _build_engine(trt, self._logger, plan_dir / graph, weights_dir or plan_dir)
                 write_atomic(path, data)
             return _Engine(trt, self._runtime, data, what)
 
         self.stream = torch.cuda.Stream()
-        self.text = engine(stages.get("text_trt", stages["text"])["graph"], "text")
-        self.dit = engine(stages["dit_trt"]["graph"], "dit")
-        self.host_feeds = dit_host_feed_params(plan_dir / stages["dit_trt"]["graph"])
-        self.vae_first = engine(stages["vae"]["graphs"]["first"], "vae_first")
-        self.vae = engine(stages["vae"]["graphs"]["steady"], "vae")
-        te = stages.get("text_encoder")
-        self.text_encoder = engine(te["graph"], "text_encoder") if te else None
+        derived = derive_trt_graphs(plan_dir, manifest, engine_cache_dir(), self.log)
+        self.text = engine(derived.text, "text", derived.weights_dir)
+        self.dit = engine(derived.dit, "dit", derived.weights_dir)
+        self.host_feeds = dit_host_feed_params(derived.dit)
+        self.vae_first = engine(stages.vae.graphs.first, "vae_first")
+        self.vae = engine(stages.vae.graphs.steady, "vae")
+        te = stages.text_encoder
+        self.text_encoder = engine(te.graph, "text_encoder") if te else None
 
         # dit: every buffer preallocated and bound once; the KV cache as input AND aliased output
         self._dit_ctx = self.dit.context()
         self._dit_buffers = {}
         self.kv_arrays, self.kv_values = [], []
-        recipe, heads = manifest["recipe"], m["num_heads"]
         for i in range(self.num_layers):
             for kind in ("k", "v"):
-                for part in kv_parts(recipe["kv_cache"], self.dim, heads):
+                for part in kv_parts(manifest.recipe.kv_cache, self.dim, cfg.num_heads):
                     name, out = f"{kind}_{part.name}_{i}", f"{kind}_{part.name}_out_{i}"
                     buf = self.dit.empty(name)
                     self.kv_arrays.append(buf)

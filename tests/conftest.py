@@ -13,6 +13,8 @@ SHARED = REPO.parent / "shared"
 
 
 def pytest_collection_modifyitems(config, items):
+    # a test with after_every_compile = True reads every plan the session compiled: it runs after the others
+    items.sort(key=lambda item: getattr(getattr(item, "function", None), "after_every_compile", False))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -21,12 +23,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_plans():
+    """Every plan this test session compiles (compile_plan or `arvc compile`), in order."""
+    from arvc.compiler import compile as compiler
+
+    plans, place = [], compiler._replace
+
+    def recording(new, target, force=False):
+        place(new, target, force)
+        plans.append(Path(target))
+
+    compiler._replace = recording
+    yield plans
+    compiler._replace = place
+
+
 @pytest.fixture(scope="session")
 def tiny_plan(tmp_path_factory):
     """The shipped tiny model compiled once (fp32, its model.json geometry: window 12, sink 3, relative RoPE)."""
     from arvc.compiler.compile import CompileOptions, compile_plan
-    from arvc.runtime.kv_cache import CacheGeometry
-    from arvc.runtime.schedule import Schedule
+    from arvc.model.cache_geometry import CacheGeometry
+    from arvc.model.schedule import Schedule
 
     out = tmp_path_factory.mktemp("plans") / "tiny.plan"
     opts = CompileOptions(CacheGeometry(3, 12, 3, 21, "relative"), Schedule((1000.0, 900.0, 750.0, 500.0)), 128, 128)

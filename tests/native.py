@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from arvc.quant.format_table import KV_CODES
 from arvc.runtime import kernels
-from arvc.runtime.kernels import KV_FORMAT, KVCacheStruct as KVCache  # noqa: F401  (one struct definition)
+from arvc.runtime.kernels import KVCacheStruct as KVCache  # noqa: F401  (one struct definition)
 
 REPO = kernels.REPO
 DTYPE = {np.float32: 0, np.float16: 1}
@@ -59,5 +60,5 @@ class CacheBuffers:
         self.block_scale = np.zeros((rows, dim // 16), np.uint8) if fmt == "nvfp4" else None
         self.scale = np.zeros((rows, heads), np.float32) if fmt != "fp16" else None
         ptr = (lambda a: a.ctypes.data if a is not None else None)
-        self.struct = KVCache(KV_FORMAT[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
+        self.struct = KVCache(KV_CODES[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
                               ptr(self.scale))

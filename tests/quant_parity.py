@@ -56,12 +56,14 @@ import torch
 from onnx import TensorProto, helper
 
 from arvc.compiler.sensitivity import roll
-from arvc.compiler.verify import decode_plan, decode_reference, psnr, verification_prompts
+from arvc.compiler.verify import decode_plan, decode_reference, psnr
 from arvc.quant.activations import dynamic_scale, quantize_input, timestep_index, tracking_timestep
-from arvc.quant.formats import E2M1_VALUES, NVFP4, NVFP4_BLOCK, Fp8E4M3, Int8
+from arvc.quant.format_table import E2M1_VALUES, NVFP4_BLOCK
+from arvc.quant.formats import NVFP4, Fp8E4M3, Int8
 from arvc.quant.kv import kv_parts
-from arvc.runtime.causal import CausalGenerator
+from arvc.reference.causal import CausalGenerator
 from arvc.runtime.plan_session import PlanSession
+from arvc.runtime.prompts import verification_prompts
 
 # Measured over the 10 parametrizations of the two test files with torch's AVX-512, AVX2 and scalar kernels
 # (docs/testing.md). A plan code must be a rounding of the reference's value moved by at most RHO x the amax
@@ -227,7 +229,7 @@ def instrument_plan(plan_dir: Path, dst: Path) -> dict[str, str]:
             continue
         users = consumers[n.output[0]]
         gemms = [c for dq in users for c in consumers.get(dq.output[0], []) if c.op_type in ("Gemm", "MatMul")]
-        if not gemms:  # the KV cache's fp8 / nvfp4 encoders round with QuantizeLinear too (compiler/lower_kv.py)
+        if not gemms:  # the KV cache's fp8 / nvfp4 encoders round with QuantizeLinear too (arvc/graphs/lower_kv.py)
             continue
         if len(users) != 1 or users[0].op_type != "DequantizeLinear" or len(gemms) != 1:
             raise AssertionError(f"QuantizeLinear {n.output[0]} does not feed one GEMM through one DequantizeLinear")
@@ -283,25 +285,23 @@ def _act_scale(x: torch.Tensor, q, timesteps, t) -> torch.Tensor:
 class Follower:
     """Hooks on the reference: compare its codes with the plan's, then take the plan's where they flipped."""
 
-    def __init__(self, trace: PlanTrace, act_table: dict | None, act_timesteps: tuple, manifest: dict):
+    def __init__(self, trace: PlanTrace, act_table: dict | None, act_timesteps: tuple, manifest):
         self.trace, self.table, self.timesteps = trace, act_table or {}, act_timesteps
         self.stats: dict[str, CodeStats] = {}
         self.call = -1
         self.calls_with_flips = 0
-        m = manifest["model"]["dit"]
-        self.heads, self.dim = m["num_heads"], m["dim"]
-        recipe = manifest["recipe"]
-        rows = manifest["resolution"]["cache_tokens"]
-        self.sink_rows = manifest["geometry"]["sink"] * manifest["resolution"]["tokens_per_frame"] \
-            if recipe.get("kv_sink") else 0
+        m = manifest.model.dit
+        self.heads, self.dim = m.num_heads, m.dim
+        recipe, rows = manifest.recipe, manifest.cache_rows
+        self.sink_rows = manifest.sink_rows if recipe.kv_sink else 0
         # (format, first row, end row) of each buffer set; the sink's rows are its buffer's rows, the ring's
-        # start at 0 in their own (compiler/lower_kv.split_rows)
-        regions = [(recipe.get("kv_cache", "fp32"), 0, rows)]
-        if recipe.get("kv_sink"):
-            regions = [(recipe["kv_sink"], 0, self.sink_rows), (recipe["kv_cache"], self.sink_rows, rows)]
+        # start at 0 in their own (arvc/graphs/lower_kv.split_rows)
+        regions = [(recipe.kv_cache, 0, rows)]
+        if recipe.kv_sink:
+            regions = [(recipe.kv_sink, 0, self.sink_rows), (recipe.kv_cache, self.sink_rows, rows)]
         # (layer, kind) -> [(format, first row, end row, {part: index into backend.kv_arrays})], as OrtBackend binds
         self.kv_index, k = {}, 0
-        for layer in range(m["num_layers"]):
+        for layer in range(m.num_layers):
             for kind in ("k", "v"):
                 self.kv_index[(layer, kind)] = []
                 for fmt, first, end in regions:

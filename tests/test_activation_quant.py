@@ -11,14 +11,14 @@ from onnx import TensorProto
 
 from arvc.compiler.calibrate import activation_layers, calibrate, calibration_prompts
 from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
-from arvc.compiler.lower_quant import quantize_activation
-from arvc.compiler.onnx_graph import GraphBuilder
+from arvc.graphs.lower_quant import quantize_activation
+from arvc.graphs.onnx_graph import GraphBuilder
+from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import WanConfig
 from arvc.model.dit import WanDiT, init_random_weights_
+from arvc.model.schedule import Schedule
 from arvc.quant.activations import ActQuant, fake_quant, quantize_input, scale_from_amax
 from arvc.quant.weights import fake_quantized_state_dict
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
 
 from conftest import SMALL_CFG_ARGS
 from quant_parity import assert_quantized_parity
@@ -73,55 +73,52 @@ def test_graph_qdq_equals_the_torch_emulation_bit_for_bit(fmt):
         assert np.array_equal(_run_qdq(per_t, x, steps, t), quantize_input(xt, per_t, steps, t).numpy()), t
 
 
-def _reference(fmt: str, manifest: dict) -> WanDiT:
-    recipe = manifest["recipe"]
+def _reference(fmt: str, manifest) -> WanDiT:
     ref = WanDiT(CFG)
     sd = init_random_weights_(WanDiT(CFG), seed=2).state_dict()
-    ref.load_state_dict(fake_quantized_state_dict(sd, fmt, tuple(recipe["skip"])))
+    ref.load_state_dict(fake_quantized_state_dict(sd, fmt, manifest.recipe.skip))
     return ref.eval()
 
 
 @pytest.mark.parametrize("fmt,mode,scales", [("int8", "static", "per-layer"), ("fp8", "static", "per-timestep"),
                                              ("int8", "dynamic", "per-layer"), ("nvfp4", "dynamic", "per-layer")])
 def test_plan_with_quantized_activations_equals_the_emulating_reference(small_ckpt, tmp_path, fmt, mode, scales):
-    from arvc.compiler.calibrate import act_quant_table
-    from arvc.compiler.recipe import Recipe
+    from arvc.quant.recipe import act_quant_table
 
     d, vae = small_ckpt
     opts = CompileOptions(GEOM, SCHED, 32, 32, precision=fmt, activations=mode, act_scales=scales, min_psnr=0.0,
                           verify_blocks=4, calib_blocks=3)
     m = compile_plan(d, tmp_path / "a.plan", opts, log=lambda _m: None)
-    rec = m["recipe"]
-    assert rec["activations"] == mode and rec["act_scales"] == scales
+    rec = m.recipe
+    assert rec.activations == mode and rec.act_scales == scales
     # every per-call block GEMM's input is quantized; the text stage's cross-attention K/V are not
-    assert len(rec["quantized_activations"]) == CFG.num_layers * 8
-    assert not any(".cross_attn.k" in n or ".cross_attn.v" in n for n in rec["quantized_activations"])
-    cal = rec["calibration"]
+    assert len(rec.quantized_activations) == CFG.num_layers * 8
+    assert not any(".cross_attn.k" in n or ".cross_attn.v" in n for n in rec.quantized_activations)
+    cal = rec.calibration
     if mode == "static":
         assert cal["timesteps"] == [1000.0, 500.0, 0.0] and cal["blocks"] == 3 and cal["prompts"] == 4
         assert all(len(v) == 3 and min(v) > 0 for v in cal["amax"].values())
     else:
         assert cal is None
-    recipe = Recipe.from_dict({k: rec[k] for k in Recipe.__dataclass_fields__})
-    table = act_quant_table(recipe, cal, rec["quantized_activations"])
+    table = act_quant_table(rec, cal, list(rec.quantized_activations))
     ref = _reference(fmt, m)
     # ORT's default graph optimizations on Q/DQ and the ops as ONNX defines them (exact_qdq)
     for exact in (False, True):
         # every GEMM input's codes equal the emulation's or are certified one-step flips (which the reference
         # then follows); end to end, the fp32 plan's bounds (1e-4 latent max abs, 60 dB frames)
         result = assert_quantized_parity(tmp_path / "a.plan", tmp_path / f"trace-{exact}", ref, vae.eval(), blocks=4,
-                                         act_table=table, act_timesteps=tuple(cal["timesteps"]) if cal else (),
+                                         act_table=table, act_timesteps=rec.act_timesteps,
                                          exact_qdq=exact)
         assert result["codes"][f"activations {'int8' if fmt == 'int8' else 'fp8'}"]["codes"] > 0
     # and the quantization is really there: the fp32 reference differs measurably
-    assert m["verification"]["frame_psnr_db"] < 100.0
+    assert m.verification["frame_psnr_db"] < 100.0
 
 
 def test_calibration_sees_every_step_and_the_cache_call_and_agrees_with_modelopt(small_ckpt):
     from modelopt.torch.quantization.calib import MaxCalibrator
 
     from arvc.quant.activations import tracking_timestep
-    from arvc.runtime.torch_models import load_dit_module
+    from arvc.reference.models import load_dit_module
 
     d, _ = small_ckpt
     dit = load_dit_module(d / "model.safetensors", "fp32")
@@ -204,11 +201,11 @@ def test_recipe_file_calibration_settings_reach_the_plan_and_inspect(small_ckpt,
                                              "act_scales": "per-timestep", "calib_prompts": "calib.txt",
                                              "calib_blocks": 2}))
     plan = tmp_path / "r.plan"
-    cmd = [sys.executable, "-m", "arvc.cli", "compile", str(d), "-o", str(plan), "--recipe", str(rdir / "r.json"),
+    cmd = [sys.executable, "-m", "arvc", "compile", str(d), "-o", str(plan), "--recipe", str(rdir / "r.json"),
            "--height", "32", "--width", "32", "--window", "6", "--sink", "3", "--timesteps", "1000,500",
            "--verify-blocks", "4", "--min-psnr", "0", "--json"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    out = subprocess.run([sys.executable, "-m", "arvc.cli", "inspect", str(plan), "--json"], check=True,
+    out = subprocess.run([sys.executable, "-m", "arvc", "inspect", str(plan), "--json"], check=True,
                          capture_output=True, text=True).stdout
     info = json.loads(out)
     assert info["precision"] == "int8+act-static-per-timestep"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from arvc.quant.format_table import KV_CODES
 from tests import native
 from tests.test_attention_qcache import ARGTYPES, FORMATS, fill_cache, rope_tables, sink_then_shuffled
 
@@ -45,7 +46,7 @@ def device_struct(buf: native.CacheBuffers):
     parts = [None if a is None else torch.from_numpy(np.ascontiguousarray(a)).cuda()
              for a in (buf.data, buf.block_scale, buf.scale)]
     ptr = (lambda t: t.data_ptr() if t is not None else None)
-    s = native.KVCache(native.KV_FORMAT[buf.fmt], buf.heads, buf.head_dim, buf.rows, *(ptr(t) for t in parts))
+    s = native.KVCache(KV_CODES[buf.fmt], buf.heads, buf.head_dim, buf.rows, *(ptr(t) for t in parts))
     return s, parts
 
 

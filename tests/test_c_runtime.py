@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from manifests import check_readers_agree
 
 import arvc
 from arvc.compiler.compile import CompileOptions, compile_plan
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
 from arvc.runtime.capi import CApiError, CSession, load_library
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle moving right on a dark blue background"
@@ -80,7 +81,7 @@ def test_example_video_equals_python(ctest_run, c_build, python_example_frames, 
     """The ctest run's Y4M holds exactly the Python runtime's frames (same plan, seed, switch)."""
     assert len(python_example_frames) == 32
     y4m = (c_build / "runtime" / "example_stream.y4m").read_bytes()
-    assert y4m == y4m_444_full_range(python_example_frames, tiny_plan[1]["resolution"]["fps"])
+    assert y4m == y4m_444_full_range(python_example_frames, tiny_plan[1].resolution.fps)
 
 
 def test_example_callback_without_prefetch_equals_python(c_build, python_example_frames, tiny_plan, tmp_path):
@@ -117,14 +118,14 @@ def quant_plan(small_ckpt, tmp_path_factory):
 
 def test_c_api_equals_python_on_a_quantized_plan_with_embeddings(c_build, quant_plan):
     plan, manifest = quant_plan
-    text_dim, text_len = manifest["model"]["dit"]["text_dim"], manifest["model"]["dit"]["text_len"]
+    text_dim, text_len = manifest.model.dit.text_dim, manifest.model.dit.text_len
     rng = np.random.default_rng(0)
     emb_a = rng.standard_normal((5, text_dim)).astype(np.float32)
     emb_b = rng.standard_normal((text_len, text_dim)).astype(np.float32)
     with CSession(load_library(next(c_build.rglob("libarvc.so"))), plan, threads=2) as c:
         info = c.info
         assert (info.has_text_encoder, info.window, info.sink, info.max_blocks) == (0, 6, 3, 0)
-        assert info.precision.decode() == manifest["precision"]
+        assert info.precision.decode() == manifest.precision
         c.set_prompt(emb_a, seed=11)
         assert c.switch_prompt(emb_b, at_block=2) == 2
         with pytest.raises(CApiError, match="prompt embeddings must be") as e:
@@ -141,6 +142,17 @@ def test_c_api_equals_python_on_a_quantized_plan_with_embeddings(c_build, quant_
     assert c_frames.shape == py_frames.shape == (9 + 4 * 12, 32, 32, 3)
     assert np.array_equal(c_frames, py_frames)
 
+
+def test_every_compiled_plan_reads_the_same_in_c_and_python(c_build, tiny_plan, quant_plan, compiled_plans):
+    """Every plan this test session compiled (this test runs last): the C reader (arvc_plan_describe) and
+    runtime/manifest.py read the same fields and KV cache layout, or refuse it alike (plans tests broke)."""
+    lib = load_library(next(c_build.rglob("libarvc.so")))
+    assert {tiny_plan[0], quant_plan[0]} <= set(compiled_plans)
+    for plan in dict.fromkeys(compiled_plans):
+        check_readers_agree(lib, plan)
+
+
+test_every_compiled_plan_reads_the_same_in_c_and_python.after_every_compile = True
 
 
 def test_installed_cmake_package_serves_a_c_program(c_build, tiny_plan, tmp_path):

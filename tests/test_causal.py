@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
+from arvc.model.cache_geometry import CacheGeometry, SlotMap
 from arvc.model.config import WAN_PRESETS, Numerics, WanConfig
-from arvc.model.dit import WanDiT, init_random_weights_
+from arvc.model import dit
+from arvc.model.dit import FullAttention, ReferenceOps, WanDiT, init_random_weights_
 from arvc.model.rope import RotaryTable, rope_angles
-from arvc.runtime.causal import CausalGenerator
-from arvc.runtime.kv_cache import CacheGeometry, SlotMap
-from arvc.runtime.schedule import Schedule
+from arvc.model.schedule import Schedule
+from arvc.reference.causal import CausalGenerator
 
 CFG = WAN_PRESETS["test-tiny"]
 HW = (4, 4)  # latent size -> 2x2 = 4 tokens per frame
@@ -73,7 +74,7 @@ def test_unpatchify_is_channel_fastest_wan_order(model):
     p, c = CFG.patch_size, CFG.out_channels
     out = torch.randn(1, f * h * w, math.prod(p) * c)
     expect = torch.einsum("fhwpqrc->cfphqwr", out[0].view(f, h, w, *p, c)).reshape(c, f * p[0], h * p[1], w * p[2])
-    assert torch.equal(model.unpatchify(out, (f, h, w))[0], expect)
+    assert torch.equal(ReferenceOps(model, grid=(f, h, w)).unpatchify(out)[0], expect)
 
 
 def test_time_embedding_accepts_fractional_and_per_frame_t(model):
@@ -231,11 +232,13 @@ def test_prompt_switch_recache_window_keeps_sink_and_rewrites_window(model):
 def test_bf16_modulation_switch_rounds_the_residual_stream(model):
     m16 = WanDiT(CFG, Numerics(modulation_bf16=True)).eval()
     m16.load_state_dict(model.state_dict())
-    seen = []
-    hook = m16.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     x, t = latents(3, 4), torch.tensor([625.0])
+    rope = RotaryTable(rope_angles(CFG.rope_axis_dims, torch.arange(3), 2, 2))
+    ops = ReferenceOps(m16, FullAttention(rope), grid=m16.grid(x))
+    tokens = ops.patchify(x)
+    _, e0 = dit.time_embedding(ops, m16._frame_times(t, 1, 3))
+    out = dit.block(ops, 0, tokens, e0, m16.cross_kv(context())[0])
+    assert tokens.dtype == e0.dtype == out.dtype == torch.bfloat16  # the residual stream and modulation
     a, b = model.forward_full(x, t, context()), m16.forward_full(x, t, context())
-    hook.remove()
-    assert seen == [torch.bfloat16]
     rel = ((a - b).norm() / a.norm()).item()
     assert 0 < rel < 0.05

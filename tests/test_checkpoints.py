@@ -13,7 +13,8 @@ import torch
 
 from arvc.checkpoints.dit_names import to_diffusers_names, to_original_names
 from arvc.checkpoints.infer import infer_wan_config
-from arvc.checkpoints.load import describe_checkpoint, load_dit, save_dit
+from arvc.checkpoints.load import describe_checkpoint, load_dit
+from arvc.checkpoints.state_dicts import save_dit
 from arvc.checkpoints.safetensors_io import (CheckpointError, read_safetensors,
                                              write_safetensors_atomic)
 from arvc.model.config import WAN_PRESETS, WanConfig

@@ -1,4 +1,4 @@
-"""The command line: run (real MP4 out), explain-cache, inspect, and its errors."""
+"""The command line: reference (real MP4 out), explain-cache, inspect, and its errors; what --help imports."""
 import json
 import subprocess
 import sys
@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from arvc.checkpoints.load import save_dit
 from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+from arvc.checkpoints.state_dicts import save_dit
 from arvc.cli import main
-from arvc.model.config import WanConfig, WanVAEConfig
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.config import WanConfig, WanVAEConfig, latent_frames_for
 from arvc.model.dit import WanDiT, init_random_weights_
+from arvc.model.schedule import Schedule
 from arvc.model.vae import WanVAEDecoder
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
-from arvc.runtime.torch_models import load_dit_module, load_prompt_embeds, load_vae_module
-from arvc.runtime.torch_stream import TorchStreamSession, latent_frames_for
+from arvc.reference.models import load_dit_module, load_prompt_embeds, load_vae_module
+from arvc.reference.stream import TorchStreamSession
 from arvc.runtime.video import read_mp4
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
@@ -40,9 +40,9 @@ def test_latent_frame_count_follows_the_vae_first_frame_rule():
     assert [latent_frames_for(n) for n in (1, 2, 5, 6, 9, 16, 81)] == [1, 2, 2, 3, 3, 5, 21]
 
 
-def test_run_writes_an_h264_mp4_with_the_requested_frames(ckpt, tmp_path, capsys):
+def test_reference_writes_an_h264_mp4_with_the_requested_frames(ckpt, tmp_path, capsys):
     out = tmp_path / "v.mp4"
-    rc = main(["run", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"),
+    rc = main(["reference", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"),
                f"--prompt-embeds={ckpt / 'p1.safetensors'}@1", "--seconds", "1.5", "--seed", "3",
                "--window", "6", "--sink", "3", "--steps", "2", "-o", str(out), "--json", "--quiet", *SIZE])
     assert rc == 0
@@ -108,9 +108,9 @@ def test_inspect_reports_architecture_and_naming(ckpt, capsys):
         (["--prompt-embeds", "{d}/missing.safetensors"], "missing.safetensors"),
     ],
 )
-def test_run_bad_inputs_give_clear_errors(ckpt, tmp_path, capsys, extra, message):
+def test_reference_bad_inputs_give_clear_errors(ckpt, tmp_path, capsys, extra, message):
     out = tmp_path / "v.mp4"
-    args = ["run", str(ckpt / "model.safetensors"), "--vae", str(ckpt / "vae.safetensors"), "--seconds", "0.5",
+    args = ["reference", str(ckpt / "model.safetensors"), "--vae", str(ckpt / "vae.safetensors"), "--seconds", "0.5",
             "-o", str(out), "--quiet", *SIZE]
     rc = main(args + [a.format(d=ckpt) for a in extra])
     assert rc == 2
@@ -118,10 +118,10 @@ def test_run_bad_inputs_give_clear_errors(ckpt, tmp_path, capsys, extra, message
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_run_without_vae_says_how_to_pass_one(ckpt, tmp_path, capsys):
-    assert main(["run", str(ckpt / "model.safetensors"), "--prompt-embeds", str(ckpt / "p0.safetensors"),
+def test_reference_without_vae_says_how_to_pass_one(ckpt, tmp_path, capsys):
+    assert main(["reference", str(ckpt / "model.safetensors"), "--prompt-embeds", str(ckpt / "p0.safetensors"),
                  "-o", str(tmp_path / "v.mp4")]) == 2
-    assert "arvc run: error: no VAE: pass --vae" in capsys.readouterr().err
+    assert "arvc reference: error: no VAE: pass --vae" in capsys.readouterr().err
 
 
 def test_failed_stream_leaves_no_output(ckpt, tmp_path, monkeypatch):
@@ -136,17 +136,26 @@ def test_failed_stream_leaves_no_output(ckpt, tmp_path, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(TorchStreamSession, "next_block", failing)
-    rc = main(["run", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"), "--seconds", "2",
+    rc = main(["reference", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"), "--seconds", "2",
                "-o", str(out), "--quiet", *SIZE])
     assert rc == 130  # interrupted, as a shell reports SIGINT
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_cli_entry_point_imports_lazily():
-    code = "import sys, arvc.cli; assert 'torch' not in sys.modules, 'torch imported by the CLI module'"
-    subprocess.run([sys.executable, "-c", code], check=True)
-    r = subprocess.run([sys.executable, "-m", "arvc.cli", "--help"], capture_output=True, text=True, check=True)
-    for cmd in ("run", "inspect", "explain-cache", "convert"):
+def test_help_and_version_import_no_heavy_library():
+    """`arvc --help`, `arvc --version` and every command's --help build the parser from each command module:
+    none of them may load torch, onnx, onnxruntime or rich (each command loads what it needs when it runs)."""
+    code = ("import sys, contextlib, io\n"
+            "from arvc.cli import COMMANDS, main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    codes = [main(['--help']), main(['--version'])] + [main([c, '--help']) for c in COMMANDS]\n"
+            "assert codes == [0] * len(codes), codes\n"
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'rich') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "arvc", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("run", "reference", "compile", "inspect", "plan-memory", "explain-cache", "judge", "eval", "profile",
+                "selftest", "convert"):
         assert cmd in r.stdout
 
 
@@ -165,9 +174,9 @@ def test_convert_self_forcing_cli_records_causal_numerics(ckpt, tmp_path, capsys
     assert not load_dit_module(out, modulation_bf16=False).numerics.modulation_bf16
 
 
-def test_run_in_bf16(ckpt, tmp_path):
+def test_reference_in_bf16(ckpt, tmp_path):
     out = tmp_path / "bf16.mp4"
-    assert main(["run", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"), "--seconds", "0.5",
+    assert main(["reference", str(ckpt), "--prompt-embeds", str(ckpt / "p0.safetensors"), "--seconds", "0.5",
                  "--dtype", "bf16", "--modulation-bf16", "--steps", "2", "-o", str(out), "--quiet", *SIZE]) == 0
     frames, _ = read_mp4(out)
     assert frames.shape == (8, 32, 32, 3)

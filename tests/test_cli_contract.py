@@ -1,6 +1,7 @@
 """The command line as one tool: the exit-code contract (one test per code), one error prefix per command,
 --version and `python -m arvc`, tables that keep every number off a terminal, backends that refuse options
-they would ignore, and every command an error message suggests runs as printed on that input."""
+they would ignore, `arvc run` and `arvc reference` each naming the other for the other's input, and every command
+an error message suggests runs as printed on that input."""
 import json
 import re
 import shlex
@@ -12,8 +13,7 @@ from pathlib import Path
 import pytest
 
 import arvc
-from arvc import cli
-from arvc.cli import main
+from arvc.cli import common, contract, explain_cache, main
 from arvc.compiler.selftest import write_random_checkpoint
 from conftest import REPO
 
@@ -52,7 +52,7 @@ def _run(argv, capsys) -> tuple[int, str, str]:
 
 def test_exit_0_success(capsys):
     rc, out, _ = _run(["explain-cache", "--blocks", "2", "--json"], capsys)
-    assert rc == cli.EXIT_OK == 0 and len(json.loads(out)["blocks"]) == 2
+    assert rc == contract.EXIT_OK == 0 and len(json.loads(out)["blocks"]) == 2
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -63,13 +63,17 @@ def test_exit_0_success(capsys):
      "--seconds must be > 0"),
     (["run", "{p}", "--prompt-embeds", "{m}/../prompt.safetensors", "--device", "cuda", "-o", "{t}/v.mp4"],
      "apply to the torch backend"),
+    (["run", "{m}", "--prompt-embeds", "{m}/../prompt.safetensors", "-o", "{t}/v.mp4"],
+     "is a checkpoint; arvc run streams compiled plans"),
+    (["reference", "{p}", "--prompt-embeds", "{m}/../prompt.safetensors", "-o", "{t}/v.mp4"],
+     "is a compiled plan; arvc reference streams checkpoints"),
     (["eval", "{p}", "--blocks", "0"], "--blocks must be >= 1"),
     (["selftest", "--precisions", "int4"], "unknown precision(s) ['int4']; choose from fp32,fp16,bf16,int8,fp8,nvfp4"),
 ])
 def test_exit_2_input_errors_before_any_work(argv, message, model_dir, plan, tmp_path, capsys):
     argv = [a.format(m=model_dir, t=tmp_path, p=plan) for a in argv]
     rc, out, err = _run(argv, capsys)
-    assert rc == cli.EXIT_USAGE == 2
+    assert rc == contract.EXIT_USAGE == 2
     assert message in err and f"arvc {argv[0]}: error:" in err  # one prefix per command
     assert "compiling" not in err and "evaluating" not in err  # refused before any work started
     assert list(tmp_path.iterdir()) == []
@@ -79,7 +83,7 @@ def test_exit_3_parity_gate_refusal_only(model_dir, tmp_path, capsys):
     out = tmp_path / "x.plan"
     rc, _, err = _run(["compile", str(model_dir), "-o", str(out), "--verify-blocks", "4", "--min-psnr", "150"],
                       capsys)
-    assert rc == cli.EXIT_PARITY == 3
+    assert rc == contract.EXIT_PARITY == 3
     assert "arvc compile: error: parity gate failed" in err and "No plan was written" in err and not out.exists()
 
 
@@ -94,7 +98,7 @@ def test_exit_4_integrity_refusal(plan, tmp_path, capsys):
                  ["run", str(tampered), "--prompt-embeds", str(plan.parent / "prompt.safetensors"), "-o",
                   str(tmp_path / "v.mp4")]):
         rc, _, err = _run(argv, capsys)
-        assert rc == cli.EXIT_INTEGRITY == 4, err
+        assert rc == contract.EXIT_INTEGRITY == 4, err
         assert f"arvc {argv[0]}: error:" in err and "integrity check failed" in err and weights.name in err
     assert not (tmp_path / "v.mp4").exists()
 
@@ -103,20 +107,11 @@ def test_exit_1_anything_unexpected_prints_the_traceback(monkeypatch, capsys):
     def broken(_args):
         return {}["a bug"]
 
-    monkeypatch.setattr(cli, "cmd_explain_cache", broken)  # build_parser binds the subcommands when main runs
+    monkeypatch.setattr(explain_cache, "command", broken)  # main binds each command when it builds the parser
     rc, _, err = _run(["explain-cache"], capsys)
-    assert rc == cli.EXIT_UNEXPECTED == 1
+    assert rc == contract.EXIT_UNEXPECTED == 1
     assert "Traceback" in err and "arvc explain-cache: error: unexpected KeyError" in err
 
-
-def test_choices_match_the_libraries():
-    from arvc.compiler.recipe import FLOAT_FORMATS, QUANTIZED_FORMATS
-    from arvc.quant.kv import KV_FORMATS
-
-    assert cli.PRECISIONS == FLOAT_FORMATS + QUANTIZED_FORMATS and cli.KV_FORMATS == KV_FORMATS
-
-
-# --- basics ----------------------------------------------------------------------------------------
 
 def test_version_and_python_dash_m(capsys):
     assert main(["--version"]) == 0
@@ -179,6 +174,11 @@ def _scenarios(model_dir, plan, tmp):
         ("a plan flag changed at run time",
          ["run", str(plan), "--prompt-embeds", str(plan.parent / "prompt.safetensors"), "--window", "9",
           "-o", str(tmp / "w.mp4")]),
+        ("a checkpoint given to run", ["run", str(model_dir), "--prompt-embeds", str(plan.parent / "prompt.safetensors"),
+                                       "--seconds", "0.5", "--backend", "ort", "-o", str(tmp / "c.mp4")]),
+        ("a plan given to reference",
+         ["reference", str(plan), "--prompt-embeds", str(plan.parent / "prompt.safetensors"), "--seconds", "0.5",
+          "--window", "6", "--dtype", "fp32", "-o", str(tmp / "r.mp4")]),
         ("nvfp4 under its gate", ["compile", str(model_dir), "-o", str(tmp / "nv.plan"), "--precision", "nvfp4",
                                   "--verify-blocks", "4", "--min-psnr", "30"]),
         ("--force onto a directory that is no plan",
@@ -211,7 +211,9 @@ def test_every_suggested_command_runs(model_dir, plan, tmp_path, capsys, monkeyp
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
             if existed:
                 shutil.move(tmp_path / "backup", out)
-    assert len(ran) == 8  # VAE pickle 1, profile 1, existing plan 1, run-time flag 1, nvfp4 gate 3, --force on a non-plan 1
+    # VAE pickle 1, profile 1, existing plan 1, run-time flag 1, checkpoint to run 1, plan to reference 1, nvfp4 gate 3,
+    # --force on a non-plan 1
+    assert len(ran) == 10
     assert (junk := tmp_path / "notes" / "notes.txt").read_text() == "x"  # the refused --force left it alone
 
 

@@ -6,15 +6,16 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from arvc.checkpoints.load import save_dit
+from arvc.checkpoints.state_dicts import save_dit
 from arvc.cli import main
 from arvc.compiler.compile import CompileOptions, compile_plan
 from arvc.compiler.evaluate import EvalError, drift, evaluate
+from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import WanConfig
 from arvc.model.dit import WanDiT, init_random_weights_
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
+from arvc.model.schedule import Schedule
 from arvc.tiny.data import parse_prompt
+from arvc.tiny.judge import TinyJudge
 
 from conftest import SMALL_CFG_ARGS
 
@@ -50,7 +51,7 @@ def tiny_fp32(request):
     """conftest's tiny_plan (compiled once per session, on one thread if this module builds it) and its eval."""
     with one_thread():
         plan = request.getfixturevalue("tiny_plan")[0]
-    return plan, evaluate(plan, blocks=2, prompts=2, seed=5, threads=1, log=QUIET)
+    return plan, evaluate(plan, blocks=2, prompts=2, seed=5, threads=1, log=QUIET, judge=TinyJudge())
 
 
 def test_drift_is_the_least_squares_slope_and_quarter_means():
@@ -77,7 +78,7 @@ def test_an_fp32_plan_matches_the_reference_and_the_judge_scores_it_the_same(tin
 
 
 def test_an_nvfp4_plan_scores_measurably_below_fp32(nvfp4_plan, tiny_fp32):
-    q = evaluate(nvfp4_plan, blocks=4, prompts=2, threads=1, log=QUIET)
+    q = evaluate(nvfp4_plan, blocks=4, prompts=2, threads=1, log=QUIET, judge=TinyJudge())
     full = tiny_fp32[1]["summary"]
     assert q["precision"] == "nvfp4" and all(len(v) == 4 for v in q["per_block"].values())
     assert q["summary"]["frame_psnr_db_mean"] < 60 < full["frame_psnr_db_mean"] - 20

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from native import KV_FORMAT, KVCache, build, load
+from arvc.quant.format_table import KV_CODES
+from native import KVCache, build, load
 
 pytestmark = pytest.mark.gpu
 
@@ -48,7 +49,7 @@ class TorchCache:
         self.block_scale = torch.zeros(rows, dim // 16, dtype=torch.uint8, device=device) if fmt == "nvfp4" else None
         self.scale = torch.zeros(rows, heads, dtype=torch.float32, device=device) if fmt != "fp16" else None
         ptr = (lambda t: t.data_ptr() if t is not None else None)
-        self.struct = KVCache(KV_FORMAT[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
+        self.struct = KVCache(KV_CODES[fmt], heads, head_dim, rows, ptr(self.data), ptr(self.block_scale),
                               ptr(self.scale))
 
     def parts(self) -> dict[str, torch.Tensor]:
@@ -158,7 +159,7 @@ def test_write_no_host_sync_skips_rows_out_of_range(libs, fmt):
     for t in (big.data, big.block_scale, big.scale):
         if t is not None:
             t.fill_(7)
-    inner = KVCache(KV_FORMAT[fmt], heads, head_dim, rows, big.data[1].data_ptr(),
+    inner = KVCache(KV_CODES[fmt], heads, head_dim, rows, big.data[1].data_ptr(),
                     None if big.block_scale is None else big.block_scale[1].data_ptr(),
                     None if big.scale is None else big.scale[1].data_ptr())
     before = [p.clone() for p in big.parts().values()]

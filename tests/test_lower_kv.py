@@ -5,8 +5,8 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from arvc.compiler import lower_kv
-from arvc.compiler.onnx_graph import GraphBuilder
+from arvc.graphs import lower_kv
+from arvc.graphs.onnx_graph import GraphBuilder
 from arvc.quant.formats import NVFP4, Fp8E4M3, Int8
 from arvc.quant.kv import kv_parts, kv_row_bytes, kv_round_trip
 

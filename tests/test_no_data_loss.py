@@ -21,9 +21,10 @@ from arvc.cli import main
 from arvc.compiler import evaluate, verify
 from arvc.compiler.compile import (CompileError, CompileOptions, OutputExists, OutputRefused,
                                    ParityGateRefused, compile_plan)
-from arvc.runtime.kv_cache import CacheGeometry
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
 from arvc.runtime.plan import read_manifest, seal_manifest
-from arvc.runtime.schedule import Schedule
+from arvc.tiny.judge import TinyJudge
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "tiny"
 QUIET = lambda _m: None  # noqa: E731
@@ -53,13 +54,14 @@ def model(tmp_path) -> Path:
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if compile gets as far as loading a model: refusals come before any work."""
-    from arvc.runtime import torch_models
+    from arvc.checkpoints import text
+    from arvc.reference import models
 
     def loaded(*_a, **_k):
         raise AssertionError("compile_plan loaded the model before refusing the output")
 
-    for name in ("load_dit_module", "load_vae_module", "load_text_encoder"):
-        monkeypatch.setattr(torch_models, name, loaded)
+    for module, name in ((models, "load_dit_module"), (models, "load_vae_module"), (text, "load_text_encoder")):
+        monkeypatch.setattr(module, name, loaded)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +167,9 @@ def test_a_real_plan_is_replaced_with_force(plan, tmp_path):
     shutil.copytree(plan, target)
     with pytest.raises(OutputExists, match="already exists; pass --force"):
         compile_plan(TINY, target, FAST, log=QUIET)
-    assert read_manifest(target)["resolution"]["fps"] == 16
+    assert read_manifest(target).resolution.fps == 16
     compile_plan(TINY, target, _force(fps=8), log=QUIET)
-    assert read_manifest(target)["resolution"]["fps"] == 8
+    assert read_manifest(target).resolution.fps == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.plan"]  # no old plan or temporary left behind
 
 
@@ -177,7 +179,7 @@ def test_an_empty_directory_needs_force_and_is_then_used(tmp_path):
     with pytest.raises(CompileError, match="already exists.*pass --force"):
         compile_plan(TINY, target, FAST, log=QUIET)
     compile_plan(TINY, target, _force(), log=QUIET)
-    assert read_manifest(target)["format"] == "arvc-plan"
+    assert read_manifest(target).format == "arvc-plan"
 
 
 def test_a_plan_with_a_tampered_or_unreadable_manifest_is_not_deleted(plan, tmp_path, no_work):
@@ -258,7 +260,7 @@ def test_nan_in_the_vae_past_the_loader_is_refused_by_the_gate_naming_vae(model,
 
 
 def test_nan_and_infinity_in_the_dit_are_refused_at_load_naming_the_tensor(model, tmp_path):
-    from arvc.runtime.torch_models import load_dit_module
+    from arvc.reference.models import load_dit_module
 
     _put_nan(model / "model.safetensors", "blocks.1.ffn.0.weight", count=2)
     _put_nan(model / "model.safetensors", "head.head.bias", value=math.inf)
@@ -283,7 +285,7 @@ def test_nan_in_the_dit_past_the_loader_is_refused_by_the_gate_not_a_json_error(
 
 
 def test_nan_in_the_text_encoder_is_refused_at_load(model):
-    from arvc.runtime.torch_models import load_text_encoder
+    from arvc.checkpoints.text import load_text_encoder
 
     _put_nan(model / "text_encoder.safetensors", "embed.weight")
     with pytest.raises(ValueError, match=r"text_encoder\.safetensors: non-finite weights.*embed\.weight"):
@@ -357,7 +359,7 @@ def test_eval_of_a_plan_with_nan_output_reports_failures_and_valid_json(plan, mo
         return out
 
     monkeypatch.setattr(ort_backend.OrtBackend, "run_vae", nan_vae)
-    result = evaluate.evaluate(plan, blocks=2, prompts=1, seed=0, threads=1, log=QUIET)
+    result = evaluate.evaluate(plan, blocks=2, prompts=1, seed=0, threads=1, log=QUIET, judge=TinyJudge())
     assert result["non_finite"] == [{"prompt": 0, "seed": 0, "stage": "vae", "output": "plan", "first_block": 0,
                                      "blocks": 2}]
     assert result["per_block"]["frame_psnr_db"] == [verify.PSNR_FLOOR] * 2

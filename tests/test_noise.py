@@ -1,4 +1,4 @@
-"""The seeded noise (runtime/noise.py) against its definition and against the C/C++ twin
+"""The seeded noise (arvc/model/noise.py) against its definition and against the C/C++ twin
 (runtime/include/arvc_noise.h), bit for bit; plus its statistics, independence and the block_noise API."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from arvc.runtime import noise
-from arvc.runtime.noise import block_noise, gaussian
+from arvc.model import noise
+from arvc.model.noise import block_noise, gaussian
 
 REPO = Path(__file__).resolve().parents[1]
 M32 = 0xFFFFFFFF

@@ -55,7 +55,8 @@ def test_wheel_contents(wheel):
     assert len(expected) > 40
     missing = sorted(expected - names)
     assert not missing, f"Python modules missing from the wheel: {missing}"
-    for pkg in ("arvc/model", "arvc/checkpoints", "arvc/tiny", "arvc/compiler", "arvc/quant", "arvc/runtime"):
+    for pkg in ("arvc/model", "arvc/checkpoints", "arvc/reference", "arvc/tiny", "arvc/compiler", "arvc/quant",
+                "arvc/runtime"):
         assert f"{pkg}/__init__.py" in names
     assert "arvc/runtime/lib/libarvc_kernels.so" in names
     headers = sorted((REPO / "runtime" / "include").glob("*.h"))
@@ -88,8 +89,9 @@ def test_wheel_installs_and_loads_its_library(wheel, tmp_path, tiny_plan):
     (purelib / "_arvc_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     script = """
 import ctypes, json, sys
-import arvc, arvc.cli, arvc.compiler, arvc.quant, arvc.model, arvc.checkpoints, arvc.tiny
-from arvc.runtime import kernels, noise
+import arvc, arvc.cli, arvc.compiler, arvc.quant, arvc.model, arvc.checkpoints, arvc.reference, arvc.tiny
+from arvc.model import noise
+from arvc.runtime import kernels
 path = kernels.library_path(False)
 k = kernels.Kernels("cpu")
 print(json.dumps({"arvc": arvc.__file__, "kernels": kernels.__file__, "noise": noise.__file__, "lib": str(path),

@@ -8,18 +8,18 @@ import pytest
 import torch
 
 import arvc
-from arvc.checkpoints.load import save_dit
 from arvc.checkpoints.safetensors_io import write_safetensors_atomic
+from arvc.checkpoints.state_dicts import save_dit
 from arvc.cli import main
 from arvc.compiler import lower_traced
 from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
+from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import WanConfig, WanVAEConfig
 from arvc.model.dit import WanDiT, init_random_weights_
+from arvc.model.schedule import Schedule
 from arvc.model.vae import WanVAEDecoder
 from arvc.model.vae import init_random_weights_ as init_vae_
-from arvc.runtime.kv_cache import CacheGeometry
 from arvc.runtime.plan import PlanError, PlanIntegrityError, read_manifest, seal_manifest
-from arvc.runtime.schedule import Schedule
 from arvc.runtime.video import read_mp4
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
@@ -49,10 +49,10 @@ def test_plan_holds_checked_graphs_and_each_weight_once(small_plan):
     import onnx
 
     m = read_manifest(small_plan)
-    assert m["schema_version"] == 1 and m["precision"] == "fp32" and m["target"]["backend"] == "ort"
-    assert m["geometry"] == {"frames_per_block": 3, "window": 6, "sink": 3, "max_frames": 21, "rope": "absolute"}
-    assert m["schedule"]["timesteps"] == [1000.0, 500.0] and m["recipe"]["version"] == 1
-    assert set(m["files"]) == {"dit.safetensors", "vae.safetensors", "text.onnx", "dit.onnx", "vae_first.onnx", "vae.onnx"}
+    assert m.schema_version == 2 and m.precision == "fp32" and m.target.backend == "ort"
+    assert m.geometry == CacheGeometry(3, 6, 3, 21, "absolute")
+    assert m.schedule.timesteps == (1000.0, 500.0) and m.recipe.version == 1
+    assert set(m.files) == {"dit.safetensors", "vae.safetensors", "text.onnx", "dit.onnx", "vae_first.onnx", "vae.onnx"}
     referenced = {"dit.safetensors": set(), "vae.safetensors": set()}
     for name in ("text.onnx", "dit.onnx", "vae_first.onnx", "vae.onnx"):
         onnx.checker.check_model(str(small_plan / name), full_check=True)
@@ -70,7 +70,7 @@ def test_plan_holds_checked_graphs_and_each_weight_once(small_plan):
     for file, refs in referenced.items():
         header, _ = read_safetensors_header(small_plan / file)
         assert len(refs) == len(header)
-    v = m["verification"]
+    v = m.verification
     assert v["passed"] and v["max_abs_latent_error"] <= 1e-4 and v["frame_psnr_db"] >= 60
 
 
@@ -94,9 +94,9 @@ def test_a_manifest_from_a_newer_schema_is_refused(small_plan, tmp_path):
     plan = tmp_path / "p"
     shutil.copytree(small_plan, plan)
     m = json.loads((plan / "manifest.json").read_text())
-    m["schema_version"] = 2
+    m["schema_version"] = 3
     (plan / "manifest.json").write_text(seal_manifest(m))
-    with pytest.raises(PlanError, match="schema version 2 is newer than this arvc reads.*upgrade arvc"):
+    with pytest.raises(PlanError, match="schema version 3 is newer than this arvc reads.*upgrade arvc"):
         read_manifest(plan)
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import arvc
-from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module
-from arvc.runtime.torch_stream import TorchStreamSession
+from arvc.checkpoints.text import load_text_encoder
+from arvc.reference.models import load_dit_module, load_vae_module
+from arvc.reference.stream import TorchStreamSession
 from conftest import REPO
 
 TINY = REPO / "models" / "tiny"
@@ -23,10 +24,10 @@ def _psnr(a, b, peak=2.0):
 
 def test_compile_gate_recorded_fp32_parity_over_a_rolled_window(tiny_plan):
     _, m = tiny_plan
-    v = m["verification"]
+    v = m.verification
     # 8 blocks x 3 frames = 24 latent frames through a 12-frame window (evictions from block 4 on),
     # with a prompt switch (KV re-cache) at block 4
-    assert v["passed"] and v["blocks"] >= 8 and v["latent_frames"] > m["geometry"]["window"]
+    assert v["passed"] and v["blocks"] >= 8 and v["latent_frames"] > m.geometry.window
     assert v["prompt_switch_at_block"] == 4
     assert v["max_abs_latent_error"] <= 1e-4
     assert v["frame_psnr_db"] >= 60.0
@@ -71,7 +72,7 @@ def test_kv_cache_buffers_keep_their_addresses_and_are_written_in_place(tiny_pla
         gen.next_block()
         assert backend.kv_addresses() == addresses
     # the graph's outputs landed in the bound buffers (no copies elsewhere): every slot is filled
-    rows = session.manifest["resolution"]["cache_tokens"]
+    rows = session.manifest.cache_rows
     assert all(arr.shape == (rows, session.cfg.dim) and np.abs(arr).sum(axis=1).min() > 0 for arr in backend.kv_arrays)
 
 

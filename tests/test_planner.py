@@ -126,8 +126,8 @@ def test_vae_flops_walk_equals_torch_flop_counter():
 
 @pytest.mark.parametrize("fmt", ["int8", "fp8", "nvfp4"])
 def test_quantized_weight_bytes_equal_what_quantize_state_dict_stores(fmt):
-    from arvc.compiler.recipe import DEFAULT_SKIP
     from arvc.model.dit import WanDiT, init_random_weights_
+    from arvc.quant.recipe import DEFAULT_SKIP
     from arvc.quant.weights import quantize_state_dict
 
     cfg = WanConfig(**SMALL_CFG_ARGS)
@@ -146,10 +146,10 @@ def test_plan_inputs_weights_and_kv_equal_the_plan_file_and_the_ort_allocation(s
     what runtime/ort_backend allocates."""
     from arvc.checkpoints.safetensors_io import read_safetensors_header
     from arvc.compiler.compile import CompileOptions, compile_plan
-    from arvc.runtime.kv_cache import CacheGeometry
+    from arvc.model.cache_geometry import CacheGeometry
+    from arvc.model.schedule import Schedule
     from arvc.runtime.ort_backend import OrtBackend
     from arvc.runtime.plan import read_manifest
-    from arvc.runtime.schedule import Schedule
 
     d, _ = small_ckpt
     plan = tmp_path / "p.plan"

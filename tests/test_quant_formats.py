@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from arvc.quant.formats import NVFP4, TRAITS, Fp8E4M3, Int8, e2m1_codes, stored_bits_per_element
+from arvc.quant.format_table import FORMATS
+from arvc.quant.formats import NVFP4, Fp8E4M3, Int8, e2m1_codes, stored_bits_per_element
 
 
 def test_int8_rounds_half_to_even_per_tensor():
@@ -143,7 +144,7 @@ int main(void) {{
     subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-I", str(REPO / "csrc"), str(src), "-o", str(exe), "-lm"],
                    check=True)
     got = [float(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
-    assert got.pop(0) == TRAITS["nvfp4"].block_bytes  # the one table and the C struct agree
+    assert got.pop(0) == FORMATS["nvfp4"].c_bytes  # the one table and the C struct agree
     want = NVFP4().decode(f).reshape(-1).tolist() + Int8("per_channel").decode(i8).reshape(-1).tolist()
     e4m3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
     # %.9g round-trips a float32 exactly: compare as float32, bit for bit

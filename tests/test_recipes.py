@@ -7,9 +7,9 @@ import pytest
 
 from arvc.checkpoints.safetensors_io import read_safetensors_header
 from arvc.compiler.compile import CompileOptions, compile_plan
-from arvc.compiler.recipe import Recipe, read_recipe_file, recipe_for
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
+from arvc.quant.recipe import Recipe, read_recipe_file, recipe_for
 
 GEOM, SCHED = CacheGeometry(3, 6, 3), Schedule((1000.0, 500.0))
 
@@ -48,7 +48,7 @@ def test_recipe_file_overrides_reach_the_plan_and_its_manifest(small_ckpt, tmp_p
     (tmp_path / "r.json").write_text(json.dumps(recipe))
     plan = tmp_path / "r.plan"
     # --kv-cache on the command line wins over the file's fp8
-    cmd = [sys.executable, "-m", "arvc.cli", "compile", str(d), "-o", str(plan), "--recipe", str(tmp_path / "r.json"),
+    cmd = [sys.executable, "-m", "arvc", "compile", str(d), "-o", str(plan), "--recipe", str(tmp_path / "r.json"),
            "--kv-cache", "int8", "--height", "32", "--width", "32", "--window", "6", "--sink", "3",
            "--timesteps", "1000,500", "--verify-blocks", "4", "--min-psnr", "0", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -72,10 +72,10 @@ def test_sensitivity_keeps_the_worst_layers_until_the_target_is_met(small_ckpt, 
     base = dict(geometry=GEOM, schedule=SCHED, height=32, width=32, precision="nvfp4", verify_blocks=4, keep=keep)
     logs = []
     all_q = compile_plan(d, tmp_path / "all.plan", CompileOptions(min_psnr=0.0, **base), log=lambda _m: None)
-    target = all_q["verification"]["frame_psnr_db"] + 3.0  # out of reach with every layer quantized
+    target = all_q.verification["frame_psnr_db"] + 3.0  # out of reach with every layer quantized
     m = compile_plan(d, tmp_path / "mixed.plan", CompileOptions(min_psnr=target, sensitivity=True, **base),
                      log=logs.append)
-    sens = m["recipe"]["sensitivity"]
+    sens = m.recipe.sensitivity
     swept = [r["layer"] for r in sens["layers"]]
     assert sorted(swept) == sorted(f"blocks.1.{n}" for n in ("self_attn.q", "self_attn.k", "self_attn.v",
                                                               "self_attn.o", "ffn.0", "ffn.2"))
@@ -84,10 +84,10 @@ def test_sensitivity_keeps_the_worst_layers_until_the_target_is_met(small_ckpt, 
     assert all(0 < r["sqnr_db"] < 60 for r in sens["layers"])  # nvfp4: ~20 dB per layer
     assert sens["met"] and 0 < len(sens["kept"]) < len(swept)
     assert list(sens["kept"]) == swept[:len(sens["kept"])]  # a prefix of the worst-first order
-    assert m["verification"]["frame_psnr_db"] >= target  # the gate agrees with the sweep
+    assert m.verification["frame_psnr_db"] >= target  # the gate agrees with the sweep
     for layer in sens["kept"]:
-        assert m["recipe"]["kept_layers"][layer].startswith("sensitivity:")
-        assert layer + ".weight" not in m["recipe"]["quantized_weights"]
+        assert m.recipe.kept_layers[layer].startswith("sensitivity:")
+        assert layer + ".weight" not in m.recipe.quantized_weights
     assert any("sensitivity" in line for line in logs)
 
 
@@ -102,15 +102,15 @@ def test_sensitivity_with_activations_measures_quantized_inputs_and_keeps_them_c
                                                                  sensitivity=True), log=lambda _m: None)
     m = compile_plan(d, tmp_path / "wa.plan", CompileOptions(min_psnr=0.0, sensitivity=True, **base),
                      log=lambda _m: None)
-    sens, rec = m["recipe"]["sensitivity"], m["recipe"]
+    sens, rec = m.recipe.sensitivity, m.recipe
     # the swept end-to-end numbers include the activation quantization (they differ from weights alone)
-    alone_w = {r["layer"]: r["latent_psnr_db_alone"] for r in w_only["recipe"]["sensitivity"]["layers"]}
+    alone_w = {r["layer"]: r["latent_psnr_db_alone"] for r in w_only.recipe.sensitivity["layers"]}
     alone_wa = {r["layer"]: r["latent_psnr_db_alone"] for r in sens["layers"]}
     assert alone_w.keys() == alone_wa.keys() and alone_w != alone_wa
     # The sweep (torch emulation) and the gate (ORT) quantize the same inputs the same way, but their GEMMs sum
     # in different orders, so a dynamic scale or code can flip by one step and the chaotic rollout carries it:
     # measured 58.2 vs 57.6 dB, and 58.4 vs 56.3 dB with another noise stream. Weights alone read ~61.
-    w_sens = w_only["recipe"]["sensitivity"]["frame_psnr_db"]
-    assert abs(sens["frame_psnr_db"] - m["verification"]["frame_psnr_db"]) < 3.0
+    w_sens = w_only.recipe.sensitivity["frame_psnr_db"]
+    assert abs(sens["frame_psnr_db"] - m.verification["frame_psnr_db"]) < 3.0
     assert sens["frame_psnr_db"] < w_sens - 1.0
-    assert not set(sens["kept"]) & set(rec["quantized_activations"])
+    assert not set(sens["kept"]) & set(rec.quantized_activations)

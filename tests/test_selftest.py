@@ -35,7 +35,7 @@ def test_a_broken_backend_fails_the_selftest(monkeypatch):
 @pytest.mark.parametrize("target", ["tensorrt", "warp"])
 def test_targets_this_machine_cannot_run_are_reported_not_faked(target):
     assert target_problem(target)
-    out = subprocess.run([sys.executable, "-m", "arvc.cli", "selftest", "--target", target, "--json"],
+    out = subprocess.run([sys.executable, "-m", "arvc", "selftest", "--target", target, "--json"],
                          capture_output=True, text=True)
     assert out.returncode == 2  # this machine cannot run the target: an input error, not a failed check
     report = json.loads(out.stdout)

@@ -27,7 +27,7 @@ def test_shipped_model_draws_an_object_in_its_first_block(tmp_path, prompt):
     # one object of the prompt's size; it fades in later blocks. Randomly initialised or wrongly
     # loaded weights draw none, so this guards the whole path: text encoder, DiT, cache, VAE, MP4.
     out = tmp_path / "v.mp4"
-    assert main(["run", str(MODEL), "--prompt", prompt, "--seconds", "4", "--seed", "0", "-o", str(out), "--quiet"]) == 0
+    assert main(["reference", str(MODEL), "--prompt", prompt, "--seconds", "4", "--seed", "0", "-o", str(out), "--quiet"]) == 0
     frames = read_video(out)
     assert frames.shape == (64, 128, 128, 3)
     first_block = judge_frames(frames[:12], prompt)
@@ -35,7 +35,7 @@ def test_shipped_model_draws_an_object_in_its_first_block(tmp_path, prompt):
 
 
 def test_prompt_outside_the_vocabulary_is_a_clear_error(tmp_path, capsys):
-    rc = main(["run", str(MODEL), "--prompt", "a purple circle moving up on a black background", "-o",
+    rc = main(["reference", str(MODEL), "--prompt", "a purple circle moving up on a black background", "-o",
                str(tmp_path / "v.mp4"), "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from arvc.model.tiny_text import TextEncoderConfig, TinyTextEncoder
 from arvc.tiny import data
-from arvc.tiny.text import TextEncoderConfig, TinyTextEncoder
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from arvc.compiler.compile import CompileOptions, compile_plan
-from arvc.runtime.kv_cache import CacheGeometry
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
 from arvc.runtime.plan_session import load
-from arvc.runtime.schedule import Schedule
 from arvc.runtime.torch_backend import TorchBackend
 
 # (weights, kv cache, activations, rope, the PSNR floor in dB)

@@ -216,9 +216,9 @@ def test_torch_backend_streams_a_plan_through_the_triton_kernel(small_ckpt, tmp_
     import numpy as np
 
     from arvc.compiler.compile import CompileOptions, compile_plan
-    from arvc.runtime.kv_cache import CacheGeometry
+    from arvc.model.cache_geometry import CacheGeometry
+    from arvc.model.schedule import Schedule
     from arvc.runtime.plan_session import load
-    from arvc.runtime.schedule import Schedule
 
     plan = tmp_path / "fp8kv.plan"
     compile_plan(small_ckpt[0], plan, CompileOptions(CacheGeometry(3, 6, 3, rope="relative"), Schedule((1000.0, 500.0)),

@@ -4,14 +4,13 @@ and a GPU: `arvc selftest --target tensorrt` on such a machine.)"""
 import types
 
 import pytest
+from manifests import sample_manifest
 
 from arvc.runtime import trt_backend as tb
 
 
-def _manifest(kv="int8", weights="fp32", stages=("dit_trt",), activations=None):
-    return {"precision": f"{weights}+kv-{kv}", "recipe": {"kv_cache": kv, "kv_sink": None, "weights": weights,
-                                                           "activations": activations, "layer_formats": []},
-            "stages": {s: {} for s in stages}}
+def _manifest(kv="int8", weights="fp32", activations=None):
+    return sample_manifest(name=f"{weights}+kv-{kv}", weights=weights, kv_cache=kv, activations=activations)
 
 
 @pytest.fixture
@@ -57,8 +56,10 @@ def test_problem_reports_device_capability_plan_and_plugins(gpu, monkeypatch):
     assert "NVFP4" in msg and "sm_100" in msg and "L40S" in msg
     assert "NVFP4" in tb.tensorrt_problem(_manifest("int8", weights="nvfp4"))
     gpu("NVIDIA B200", (10, 0))
-    assert tb.tensorrt_problem(_manifest("nvfp4", weights="nvfp4", activations="dynamic")) is None
-    assert "--target tensorrt" in tb.tensorrt_problem(_manifest(stages=("dit",)))
+    assert tb.tensorrt_problem(_manifest("nvfp4", weights="nvfp4", activations="static")) is None
+    # a recipe with no TensorRT form: the reason is the plugin graph's
+    assert "no TensorRT form" in tb.tensorrt_problem(_manifest("fp32"))
+    assert "dynamic" in tb.tensorrt_problem(_manifest("nvfp4", weights="nvfp4", activations="dynamic"))
     monkeypatch.setenv("ARVC_TRT_PLUGINS", "/nonexistent/libarvc_trt_plugins.so")
     msg = tb.tensorrt_problem(_manifest())
     assert "plugin library" in msg and "not built" in msg

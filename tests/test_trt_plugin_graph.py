@@ -1,4 +1,4 @@
-"""The TensorRT dit graph (compiler/lower_plugin.py) checked on a CPU: dit_trt.onnx run by onnx's
+"""The TensorRT dit graph (arvc/graphs/lower_plugin.py) checked on a CPU: dit_trt.onnx run by onnx's
 ReferenceEvaluator with Python implementations of the arvc plugin ops (torch + quant/formats.py math) must
 write the same cache bytes and produce the same x0 as the plan's dit.onnx run by ONNX Runtime
 (OrtBackend.run_dit), with the same feeds, over two calls (the second reads rows the first wrote)."""
@@ -12,17 +12,19 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from arvc.compiler.compile import CompileError, CompileOptions, compile_plan
-from arvc.compiler.lower_dit import DitShapes, build_dit_graph, build_text_graph
-from arvc.compiler.lower_plugin import (ATTENTION_OP, HOST_FEEDS_KEY, PLUGIN_DOMAIN, WRITE_OP, build_dit_plugin_graph,
+from arvc.graphs.lower_dit import DitShapes, build_dit_graph, build_text_graph
+from arvc.graphs.lower_plugin import (ATTENTION_OP, HOST_FEEDS_KEY, PLUGIN_DOMAIN, WRITE_OP, build_dit_plugin_graph,
                                         plugin_problem, reference_decode, reference_encode, reference_ops)
-from arvc.compiler.onnx_graph import ExternalWeights, save_checked
+from arvc.graphs.onnx_graph import ExternalWeights, save_checked
+from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import WanConfig
+from arvc.model.schedule import Schedule
 from arvc.quant.kv import kv_round_trip
-from arvc.runtime.kv_cache import CacheGeometry
+from arvc.runtime.manifest import Manifest
 from arvc.runtime.ort_backend import OrtBackend
 from arvc.runtime.plan import read_manifest
-from arvc.runtime.schedule import Schedule
 from arvc.runtime.trt_backend import dit_host_feeds
+from arvc.runtime.trt_graphs import derive_trt_graphs, plan_hash
 
 from conftest import SMALL_CFG_ARGS
 
@@ -30,20 +32,51 @@ CFG = WanConfig(**SMALL_CFG_ARGS)
 
 
 @pytest.fixture(scope="module")
-def trt_plan(small_ckpt, tmp_path_factory):
-    """One plan compiled for --target tensorrt (int8 cache, absolute RoPE); the other cases re-lower only the
-    two dit graphs into a copy of it (the VAE lowering is the slow part and does not depend on the cache)."""
+def derived(small_ckpt, tmp_path_factory):
+    """One plan compiled for --target tensorrt (int8 cache, absolute RoPE), its TensorRT graphs derived into a
+    cache folder as the backend derives them at load -> (plan, manifest JSON, cache folder, TrtGraphs)."""
     d, _ = small_ckpt
-    out = tmp_path_factory.mktemp("trt") / "trt.plan"
+    root = tmp_path_factory.mktemp("trt")
+    out = root / "trt.plan"
     opts = CompileOptions(CacheGeometry(3, 6, 3), Schedule((1000.0, 500.0)), 32, 32, kv_cache="int8",
                           target="tensorrt", min_psnr=0.0, verify_blocks=1)
-    return out, compile_plan(d, out, opts, log=lambda _m: None)
+    m = compile_plan(d, out, opts, log=lambda _m: None).to_json()
+    return out, m, root / "cache", derive_trt_graphs(out, read_manifest(out), root / "cache")
 
 
-def test_tensorrt_target_writes_the_plugin_graph_and_its_stage(trt_plan):
+@pytest.fixture(scope="module")
+def trt_plan(derived, tmp_path_factory):
+    """A copy of the plan with its derived dit_trt.onnx / text_trt.onnx beside its graphs; the other cases
+    re-lower only the dit graphs into a copy of it (the VAE lowering is the slow part and does not depend on the
+    cache)."""
+    plan, m, _, graphs = derived
+    work = tmp_path_factory.mktemp("trt_work") / "trt.plan"
+    shutil.copytree(plan, work)
+    for graph in (graphs.dit, graphs.text):
+        shutil.copy(graph, work / graph.name)
+    return work, m
+
+
+def test_tensorrt_form_is_derived_from_the_plan_once_not_stored(derived, tmp_path):
+    plan, m, cache, graphs = derived
+    assert m["schema_version"] == 2 and set(m["stages"]) == {"text", "dit", "vae"}
+    assert not list(plan.glob("*_trt.onnx")) and not [f for f in m["files"] if "_trt" in f]
+    assert graphs.dit.parent.name.startswith(f"plan-{plan_hash(plan)[:32]}")
+    # the weights are the plan's (no copy); a second load reuses the derivation
+    assert graphs.weights_dir == plan.resolve()
+    assert sorted(p.name for p in graphs.dit.parent.iterdir()) == ["dit_trt.onnx", "text_trt.onnx"]
+    stamp = graphs.dit.stat().st_mtime_ns
+    assert derive_trt_graphs(plan, read_manifest(plan), cache) == graphs and graphs.dit.stat().st_mtime_ns == stamp
+    # another plan (here: the same one recompiled, another manifest) gets its own folder
+    other = tmp_path / "other.plan"
+    shutil.copytree(plan, other)
+    text = (other / "manifest.json").read_text().replace('"seed": 0', '"seed": 0 ')
+    (other / "manifest.json").write_text(text)
+    assert plan_hash(other) != plan_hash(plan)
+
+
+def test_tensorrt_target_derives_the_plugin_graph(trt_plan):
     plan, m = trt_plan
-    assert read_manifest(plan)["stages"]["dit_trt"]["graph"] == "dit_trt.onnx"
-    assert "dit_trt.onnx" in m["files"] and m["stages"]["dit_trt"]["plugins"]["ops"] == [WRITE_OP, ATTENTION_OP]
     model = onnx.load(str(plan / "dit_trt.onnx"), load_external_data=False)
     assert {o.domain: o.version for o in model.opset_import}[PLUGIN_DOMAIN] == 1
     custom = [n for n in model.graph.node if n.domain == PLUGIN_DOMAIN]
@@ -136,8 +169,10 @@ def _relower(plan, m, tmp_path, kv: str, rope: str, weights: str = "fp32", act: 
         from arvc.quant.weights import quantize_state_dict
 
         sd, _ = read_safetensors(plan / "dit.safetensors")
-        write_safetensors_atomic(new / "dit.safetensors", quantize_state_dict(sd, weights, ())[0])
-    w = ExternalWeights(new / "dit.safetensors")
+        stored, quantized = quantize_state_dict(sd, weights, ())
+        write_safetensors_atomic(new / "dit.safetensors", stored)
+    formats = {} if weights == "fp32" else {n.rsplit(".weight", 1)[0]: weights for n in quantized}
+    w = ExternalWeights(new / "dit.safetensors", formats)
     table, steps = _act_table(act)
     if weights != "fp32":
         save_checked(build_text_graph(CFG, w), new / "text.onnx")
@@ -234,7 +269,7 @@ def test_plugin_graph_matches_the_ort_plan(trt_plan, tmp_path, kv, rope, weights
                        .metadata_props}[HOST_FEEDS_KEY])
     assert host == {"freq_dim": CFG.freq_dim, "act_timesteps": list(PER_T) if act == "fp8-per-t" else []}
     _check_standard_qdq(plan / "dit_trt.onnx", weights, act)
-    ort = OrtBackend(plan, m, threads=1)
+    ort = OrtBackend(plan, Manifest.from_json(m), threads=1)
     plugin = ReferenceEvaluator(onnx.load(str(plan / "dit_trt.onnx")), new_ops=reference_ops())
     plain = ReferenceEvaluator(onnx.load(str(plan / "dit.onnx")))
     rng = np.random.default_rng(0)
@@ -293,12 +328,12 @@ def test_reference_encode_is_quant_kv_round_trip():
 
 @pytest.mark.parametrize("kv", ["fp16", "int8", "fp8", "nvfp4"])
 def test_reference_write_op_stores_the_bytes_of_the_graph_encoders(kv):
-    """KVCacheWrite's reference vs compiler/lower_kv.py's standard-op encoders on the same rows: exact bytes
+    """KVCacheWrite's reference vs arvc/graphs/lower_kv.py's standard-op encoders on the same rows: exact bytes
     (both reproduce quant/formats.py; the CUDA kernel is tested against the same definition in csrc/tests)."""
     from onnx import TensorProto, helper
 
-    from arvc.compiler import lower_kv
-    from arvc.compiler.onnx_graph import GraphBuilder
+    from arvc.graphs import lower_kv
+    from arvc.graphs.onnx_graph import GraphBuilder
 
     g = GraphBuilder("w")
     n, nk, d, h = 6, 10, CFG.dim, CFG.num_heads

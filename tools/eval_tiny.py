@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
-from arvc.runtime.torch_models import load_dit_module, load_text_encoder, load_vae_module, resolve_checkpoint
-from arvc.runtime.torch_stream import TorchStreamSession
+from arvc.checkpoints.text import load_text_encoder
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.schedule import Schedule
+from arvc.reference.models import load_dit_module, load_vae_module, resolve_checkpoint
+from arvc.reference.stream import TorchStreamSession
 from arvc.runtime.video import Mp4Writer
 from arvc.tiny import data
 from arvc.tiny.judge import judge_frames, judge_many

@@ -36,7 +36,7 @@ step "pytest -m gpu"
 timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels_gpu.py tests/test_attention_qcache_gpu.py \
   tests/test_triton_attention_gpu.py tests/test_torch_backend_gpu.py 2>&1 | tee -a "$LOG"
 step "arvc selftest --target cuda"
-timeout 150 python3 -m arvc.cli selftest --target cuda 2>&1 | tee -a "$LOG"
+timeout 150 python3 -m arvc selftest --target cuda 2>&1 | tee -a "$LOG"
 step "bench_attention"
 timeout 120 python3 bench/bench_attention.py --out "$OUT" 2>&1 | tee -a "$LOG"
 step "gpu_bench"

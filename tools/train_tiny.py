@@ -28,17 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arvc.checkpoints.load import save_dit
 from arvc.checkpoints.safetensors_io import read_safetensors, write_safetensors_atomic
+from arvc.checkpoints.state_dicts import save_dit
+from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import Numerics, WanConfig, WanVAEConfig
 from arvc.model.dit import WanDiT
+from arvc.model.schedule import Schedule
+from arvc.model.tiny_text import TextEncoderConfig, TinyTextEncoder
 from arvc.model.vae import WanVAEDecoder
 from arvc.model.vae_encoder import WanVAEEncoder
-from arvc.runtime.kv_cache import CacheGeometry
-from arvc.runtime.schedule import Schedule
 from arvc.tiny import data
 from arvc.tiny.judge import judge_frames, judge_many
-from arvc.tiny.text import TextEncoderConfig, TinyTextEncoder
 
 SIZE = 128
 # base_dim 16 (1.8x the step time) measured worse than 6 at equal minutes (fewer steps).
@@ -382,6 +382,16 @@ def train_dit(work: Path, minutes: float, batch: int = 4, object_boost: float = 
 
 # -- export -------------------------------------------------------------------------------------
 
+def write_calibration_prompts(path: Path, n: int = 4, seed: int = 4321) -> None:
+    """The model's activation calibration prompts (compiler/calibrate.py reads them): training-world prompts."""
+    rng = np.random.default_rng(seed)
+    prompts = [data.prompt_of(data.sample_spec(rng, "train")) for _ in range(n)]
+    path.write_text("# Activation calibration prompts of the tiny model (arvc compile --activations static; "
+                    "compiler/calibrate.py\n# reads this file through model.json's \"calibration_prompts\"): four "
+                    "prompts of its training world, none of\n# them a parity-gate prompt. tools/train_tiny.py's "
+                    "export writes it.\n" + "\n".join(prompts) + "\n")
+
+
 def export(work: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lat, _ = read_safetensors(work / "latents.safetensors")
@@ -399,9 +409,11 @@ def export(work: Path, out: Path) -> None:
               "arvc.train_steps": str(dst["step"])})
     write_safetensors_atomic(out / "text_encoder.safetensors", {k: v.contiguous() for k, v in dst["text"].items()},
                              {"arvc.format": "arvc-tiny-text", "arvc.config": TEXT_CFG.to_json()})
+    write_calibration_prompts(out / "calibration_prompts.txt")
     defaults = {"format": "arvc-model-dir", "version": 1, "height": SIZE, "width": SIZE, "fps": 16,
                 "schedule": SCHEDULE.to_dict(), "geometry": GEOM.to_dict(),
-                "text_encoder": "text_encoder.safetensors", "vae": "vae.safetensors", "dit": "model.safetensors"}
+                "text_encoder": "text_encoder.safetensors", "vae": "vae.safetensors", "dit": "model.safetensors",
+                "calibration_prompts": "calibration_prompts.txt"}
     (out / "model.json").write_text(json.dumps(defaults, indent=2) + "\n")
     log(work, f"exported to {out}")
 

@@ -34,9 +34,9 @@ from arvc.model.config import WanConfig
 
 from .dit_names import to_original_names
 from .infer import _resolve_heads, infer_wan_config
-from .load import (VAE_ENCODER_PREFIXES, compare_state_dict, dtype_summary, expected_vae_shapes, list_names,
-                   save_dit, validate_dit)
 from .safetensors_io import CheckpointError, read_safetensors, read_safetensors_header, write_safetensors_atomic
+from .state_dicts import (VAE_ENCODER_PREFIXES, compare_state_dict, dtype_summary, expected_vae_shapes, list_names,
+                          preset_name, save_dit, validate_dit)
 from .vae_names import _RESNET_PARTS, infer_vae_config, to_original_vae_names
 
 # "auto" takes the first key present. Converting prefers the EMA weights (Self-Forcing's README runs
@@ -513,9 +513,7 @@ def _dit_words(sd: Mapping[str, torch.Tensor]) -> tuple[bool | None, str]:
     problems = validate_dit(named, cfg)
     if problems:
         return False, f"a DiT that does not match a Wan2.1 DiT ({problems[0]})"
-    from .load import _preset_name
-
-    preset = _preset_name(cfg)
+    preset = preset_name(cfg)
     size = f"{preset}, " if preset else ""
     naming = "diffusers names" if info.convention == "diffusers" else "Wan names"
     return True, f"a Wan2.1 DiT ({size}dim {cfg.dim}, {cfg.num_layers} layers, {naming})"
@@ -636,3 +634,13 @@ def classify_pickle(path: str | os.PathLike) -> tuple[str, str | None]:
         return f"a file arvc cannot read as a checkpoint: {str(e).removeprefix(f'{path}: ')}", None
     _, words, command = _classify_safely(path, obj)
     return words, command
+
+
+def pickle_advice(path: Path) -> str:
+    """For a PyTorch pickle given where safetensors belong: what it holds and the command that converts it
+    (load.py appends this to the reader's error); "" for any other file."""
+    if not _is_torch_pickle(path):
+        return ""
+    what, command = classify_pickle(path)
+    how = f" Convert it with `{command}`, then pass the .safetensors file it writes." if command else ""
+    return f" It holds {what}.{how}"

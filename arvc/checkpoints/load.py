@@ -1,4 +1,4 @@
-"""Load, validate, describe and save Wan2.1 DiT and VAE checkpoints (safetensors).
+"""Load, validate and describe Wan2.1 DiT and VAE checkpoints (safetensors; state_dicts.py saves them).
 
 Every loaded state dict is in original Wan names and is checked name-by-name and shape-by-shape
 against the model arvc will build (``WanDiT`` / ``WanVAEDecoder`` on the meta device), and every
@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from arvc.model.config import WAN_PRESETS, WanConfig, WanVAEConfig
+from arvc.model.config import WanConfig, WanVAEConfig
 
 from .dit_names import to_original_names
 from .infer import infer_wan_config
 from .safetensors_io import (CheckpointError, check_finite, meta_tensors_from_header, read_safetensors,
-                             read_safetensors_header, write_safetensors_atomic)
-
-LIST_LIMIT = 10
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Encoder-side tensors of a full Wan VAE file; arvc decodes only, so they are dropped, not errors.
-VAE_ENCODER_PREFIXES = ("encoder.", "conv1.", "quant_conv.")
+                             read_safetensors_header)
+from .state_dicts import (VAE_ENCODER_PREFIXES, compare_state_dict, dtype_summary, expected_vae_shapes,
+                          mismatch_error, preset_name, validate_dit)
 
 
 @dataclass
@@ -53,65 +49,15 @@ class LoadedVAE:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-# -- helpers -------------------------------------------------------------------------------------
+def _read_header(path: Path):
+    """The header, or the specific error (missing, .pt, truncated, ...) before any load; for a PyTorch
+    pickle, also what it holds and the command that converts it."""
+    try:
+        return read_safetensors_header(path)
+    except CheckpointError as e:
+        from .convert import pickle_advice
 
-def list_names(names: list[str]) -> str:
-    shown = ", ".join(names[:LIST_LIMIT])
-    more = f" ... and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
-    return f"{len(names)}: {shown}{more}"
-
-
-def dtype_summary(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    counts: Counter[str] = Counter()
-    for t in sd.values():
-        counts[str(t.dtype).removeprefix("torch.")] += t.numel()
-    return dict(counts)
-
-
-def compare_state_dict(found: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
-                       allowed_extra: tuple[str, ...] = ()) -> list[str]:
-    """Human-readable problems between a state dict and the expected {name: shape}."""
-    problems = []
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected and not k.startswith(allowed_extra)]
-    mismatched = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k].shape)}"
-                  for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])]
-    if missing:
-        problems.append("missing tensors " + list_names(missing))
-    if unexpected:
-        problems.append("unexpected tensors " + list_names(unexpected))
-    if mismatched:
-        problems.append("shape mismatches " + list_names(mismatched))
-    odd = sorted({str(t.dtype) for t in found.values() if t.dtype not in FLOAT_DTYPES})
-    if odd:
-        problems.append(f"unsupported dtypes {odd} (arvc loads float32/bfloat16/float16 weights; "
-                        "pre-quantized checkpoints are not accepted as compile input)")
-    return problems
-
-
-def expected_dit_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
-    from arvc.model.dit import WanDiT
-
-    with torch.device("meta"):
-        model = WanDiT(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def expected_vae_shapes(cfg: WanVAEConfig) -> dict[str, tuple[int, ...]]:
-    from arvc.model.vae import WanVAEDecoder
-
-    with torch.device("meta"):
-        model = WanVAEDecoder(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _ensure_safetensors(path: Path) -> None:
-    # Reading the header gives the specific error (missing, .pt, truncated, ...) before any load.
-    read_safetensors_header(path)
-
-
-def _fail(path: Path, what: str, problems: list[str]) -> CheckpointError:
-    return CheckpointError(f"{path}: {what}:\n  - " + "\n  - ".join(problems))
+        raise CheckpointError(f"{e}{pickle_advice(path)}") from None
 
 
 def _normalise_dit(path: Path, sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
@@ -126,40 +72,19 @@ def _normalise_dit(path: Path, sd: Mapping[str, torch.Tensor], metadata: Mapping
 
 # -- DiT -------------------------------------------------------------------------------------------
 
-def validate_dit(state_dict: Mapping[str, torch.Tensor], config: WanConfig) -> list[str]:
-    """Problems of an original-named DiT state dict against ``config`` ([] when it is sound)."""
-    return compare_state_dict(state_dict, expected_dit_shapes(config))
-
-
 def load_dit(path: str | os.PathLike, num_heads: int | None = None) -> LoadedCheckpoint:
     """Load a Wan2.1 T2V DiT from safetensors in any accepted naming; validate it fully."""
     path = Path(path)
-    _ensure_safetensors(path)
+    _read_header(path)
     sd, metadata = read_safetensors(path)
     named, info, cfg = _normalise_dit(path, sd, metadata, num_heads)
     problems = validate_dit(named, cfg)
     if problems:
-        raise _fail(path, f"does not match a Wan2.1 DiT with dim {cfg.dim}, {cfg.num_layers} layers", problems)
+        raise mismatch_error(path, f"does not match a Wan2.1 DiT with dim {cfg.dim}, {cfg.num_layers} layers", problems)
     check_finite(path, sd)  # names as the file spells them
     return LoadedCheckpoint(path=path, state_dict=named, config=cfg, convention=info.convention,
                             prefix=info.prefix, dtypes=dtype_summary(named),
                             param_count=sum(t.numel() for t in named.values()), metadata=metadata)
-
-
-def save_dit(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], config: WanConfig,
-             extra_metadata: Mapping[str, str] | None = None) -> Path:
-    """Write a DiT in original names, recording its config so reloading needs no guessing."""
-    named, _ = to_original_names(sd)
-    problems = validate_dit(named, config)
-    if problems:
-        raise _fail(Path(path), "refusing to save a state dict that does not match its config", problems)
-    metadata = {
-        "arvc.format": "wan2.1-dit",
-        "arvc.config": json.dumps(config.to_dict(), sort_keys=True),
-        "arvc.num_heads": str(config.num_heads),
-    }
-    metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
-    return write_safetensors_atomic(path, named, metadata)
 
 
 # -- VAE -------------------------------------------------------------------------------------------
@@ -196,13 +121,13 @@ def load_vae(path: str | os.PathLike, latent_mean: tuple[float, ...] | None = No
     latent_mean / latent_std: only for a non-16-channel latent (Wan2.1's are built in).
     """
     path = Path(path)
-    _ensure_safetensors(path)
+    _read_header(path)
     sd, metadata = read_safetensors(path)
     named, convention, cfg = _normalise_vae(path, sd, metadata, latent_mean, latent_std)
     expected = expected_vae_shapes(cfg)
     problems = compare_state_dict(named, expected, allowed_extra=VAE_ENCODER_PREFIXES)
     if problems:
-        raise _fail(path, "does not match the Wan2.1 VAE decoder", problems)
+        raise mismatch_error(path, "does not match the Wan2.1 VAE decoder", problems)
     kept = {k: v for k, v in named.items() if k in expected}
     dropped = sorted(k for k in sd if k.startswith(VAE_ENCODER_PREFIXES))
     check_finite(path, {k: v for k, v in sd.items() if not k.startswith(VAE_ENCODER_PREFIXES)})  # the decoder's
@@ -212,15 +137,6 @@ def load_vae(path: str | os.PathLike, latent_mean: tuple[float, ...] | None = No
 
 
 # -- inspect ---------------------------------------------------------------------------------------
-
-def _preset_name(cfg: WanConfig) -> str | None:
-    shape_fields = ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels",
-                    "patch_size", "text_dim", "freq_dim")
-    for name, preset in WAN_PRESETS.items():
-        if all(getattr(preset, f) == getattr(cfg, f) for f in shape_fields):
-            return name
-    return None
-
 
 def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """What a safetensors checkpoint holds, from its header alone (no tensor data is read).
@@ -232,7 +148,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     from .infer import is_i2v, not_a_wan_dit_message
 
     path = Path(path)
-    header, metadata = read_safetensors_header(path)
+    header, metadata = _read_header(path)
     sd = meta_tensors_from_header(header)
     base = {"path": str(path), "tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()),
             "dtypes": dtype_summary(sd), "metadata": metadata}
@@ -243,7 +159,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     keys = list(named)
     if "patch_embedding.weight" in named or is_i2v(keys):
         _, info, cfg = _normalise_dit(path, sd, metadata, None)
-        return {**base, "architecture": "wan2.1-dit", "preset": _preset_name(cfg),
+        return {**base, "architecture": "wan2.1-dit", "preset": preset_name(cfg),
                 "config": cfg.to_dict(), "naming": info.convention, "prefix": info.prefix,
                 "problems": validate_dit(named, cfg)}
     if any(k.startswith("decoder.") for k in sd):

@@ -51,14 +51,9 @@ def _describe_foreign_format(head: bytes) -> str | None:
 def _not_safetensors(path: Path, head: bytes, why: str) -> CheckpointError:
     foreign = _describe_foreign_format(head)
     if foreign is not None and ("PyTorch" in foreign or "pickle" in foreign):
-        from .convert import classify_pickle  # convert imports this module
-
-        what, command = classify_pickle(path)
-        how = f" Convert it with `{command}`, then pass the .safetensors file it writes." if command else ""
-        return CheckpointError(
-            f"{path}: this is {foreign}, not a safetensors file; arvc reads safetensors only (pickles can run "
-            f"arbitrary code). It holds {what}.{how}"
-        )
+        # what the pickle holds and how to convert it: the checkpoint loaders add that (load.py)
+        return CheckpointError(f"{path}: this is {foreign}, not a safetensors file; arvc reads safetensors only "
+                               "(pickles can run arbitrary code).")
     if foreign:
         return CheckpointError(f"{path}: this is {foreign}, not a safetensors file; "
                                "arvc needs a .safetensors checkpoint.")

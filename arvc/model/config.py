@@ -6,6 +6,7 @@ model is ever read from a file name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -167,6 +168,11 @@ class WanVAEConfig:
         return cls(**d)
 
 
+def latent_frames_for(video_frames: int, temporal_factor: int = 4) -> int:
+    """Latent frames whose decode yields at least ``video_frames`` (first latent -> 1 frame, later -> 4)."""
+    return 1 + math.ceil(max(video_frames - 1, 0) / temporal_factor)
+
+
 VAE_PRESETS: dict[str, WanVAEConfig] = {
     "wan2.1-vae": WanVAEConfig(),
     # Wan's first 4 latent statistics, so the tiny preset still exercises the de-normalization.
@@ -174,10 +180,3 @@ VAE_PRESETS: dict[str, WanVAEConfig] = {
         base_dim=8, z_dim=4, latent_mean=(-0.7571, -0.7089, -0.9113, 0.1075), latent_std=(2.8184, 1.4541, 2.3275, 2.6558)
     ),
 }
-
-
-def get_preset(name: str) -> WanConfig:
-    try:
-        return WAN_PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(WAN_PRESETS)}") from None

@@ -30,7 +30,7 @@ from collections import Counter
 
 import numpy as np
 
-from arvc.tiny.data import BACKGROUNDS, COLORS, SHAPE_AREAS, parse_prompt
+from arvc.tiny.data import BACKGROUNDS, COLORS, SHAPE_AREAS, parse_prompt, prompt_of, sample_spec, vocabulary
 
 MASK_THRESHOLD = 60.0  # RGB distance from the frame's median colour
 AREA_RANGE = (0.3, 3.0)  # accepted blob area, relative to the expected shape area
@@ -219,6 +219,31 @@ def judge_many(results: list[dict]) -> dict:
         "mean_found_fraction": float(np.mean([r["found_fraction"] for r in results])),
         "min_found_fraction": float(np.min([r["found_fraction"] for r in results])),
     }
+
+
+class TinyJudge:
+    """This judge as `arvc eval` takes it (compiler/evaluate.py's ``judge``): the prompts it can score, and
+    the scores."""
+
+    grammar = "the tiny model's prompt grammar"
+
+    def accepts(self, vocab) -> bool:
+        """Whether a text encoder of this vocabulary can say every prompt of the grammar."""
+        return set(vocabulary()) <= set(vocab)
+
+    def prompts(self, rng: np.random.Generator, k: int) -> list[str]:
+        """k distinct prompts; canonical clips, since the prompt alone fixes them."""
+        prompts: list[str] = []
+        while len(prompts) < k:
+            p = prompt_of(sample_spec(rng, "any", canonical=True))
+            prompts += [p] if p not in prompts else []
+        return prompts
+
+    def score(self, frames: np.ndarray, prompt: str) -> dict:
+        return judge_frames(frames, prompt)
+
+    def summarize(self, scores: list[dict]) -> dict:
+        return judge_many(scores)
 
 
 def summary(r: dict) -> str:

@@ -1,6 +1,6 @@
 /* TensorRT IPluginV3 plugins over the arvc CUDA cache kernels (csrc/arvc_kernels.h). Thin by design: shapes,
  * types and attributes are checked here; the arithmetic is the kernels'. The ops are those
- * compiler/lower_plugin.py writes into dit_trt.onnx (domain "arvc"); the ONNX parser finds them in the plugin
+ * arvc/graphs/lower_plugin.py writes into dit_trt.onnx (domain "arvc"); the ONNX parser finds them in the plugin
  * registry by op type, the node's plugin_version ("1") and plugin_namespace ("arvc") attributes, and passes the
  * node's other attributes as PluginFields.
  *

@@ -4,7 +4,7 @@
  * (CPU), the KV cache and VAE state preallocated and updated in place, the DiT of the next block
  * computed on a worker thread while the caller's thread decodes the current one with the VAE. For the
  * same plan, prompt, seed and thread count the frames equal Python's byte for byte (the seeded noise
- * is runtime/include/arvc_noise.h, the twin of runtime/noise.py).
+ * is runtime/include/arvc_noise.h, the twin of arvc/model/noise.py).
  *
  *   arvc_session *s = NULL;
  *   if (arvc_open("tiny.plan", NULL, &s) != ARVC_OK) { fprintf(stderr, "%s\n", arvc_last_error()); ... }
@@ -137,6 +137,13 @@ ARVC_API arvc_status arvc_switch_prompt(arvc_session *session, const char *text,
                                         int64_t *applied_at);
 ARVC_API arvc_status arvc_switch_prompt_embeddings(arvc_session *session, const float *emb, int64_t tokens,
                                                    int64_t dim, int64_t at_block, int64_t *applied_at);
+
+/* The plan at plan_dir as this runtime reads it, as UTF-8 JSON: the manifest fields it uses and what it
+ * derives from them (the KV cache's buffers, ...), for tools and for the test that holds this reader to
+ * the Python one (runtime/manifest.py). The manifest is checked as arvc_open checks it; every file's
+ * SHA-256 too when verify_files is nonzero. *json_out is valid until the next arvc_plan_describe on this
+ * thread. */
+ARVC_API arvc_status arvc_plan_describe(const char *plan_dir, int32_t verify_files, const char **json_out);
 
 #ifdef __cplusplus
 }

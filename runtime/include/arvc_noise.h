@@ -1,6 +1,6 @@
 /* arvc_noise.h: the seeded Gaussian noise of the arvc runtimes, header-only (C99 and C++17).
  *
- * This is the C/C++ twin of runtime/noise.py; the two MUST agree bit for bit (tests/test_noise.py
+ * This is the C/C++ twin of arvc/model/noise.py; the two MUST agree bit for bit (tests/test_noise.py
  * compares them), so any change here is a change there, in the same words.
  *
  * Stream. The noise of (seed, block, step) is an infinite sequence g[0], g[1], ... of float32

@@ -6,6 +6,7 @@
 
 #include "arvc.h"
 #include "error.h"
+#include "plan.h"
 #include "stream.h"
 
 #ifndef ARVC_VERSION
@@ -19,6 +20,7 @@ struct arvc_session {
 namespace {
 
 thread_local std::string g_last_error;
+thread_local std::string g_plan_description;
 
 arvc_status ok() {
   g_last_error.clear();
@@ -173,6 +175,16 @@ arvc_status arvc_switch_prompt_embeddings(arvc_session *session, const float *em
   return guarded([&] {
     const int64_t b = session->stream->switch_prompt(session->stream->context_for_embeddings(emb, tokens, dim), at_block);
     if (applied_at) *applied_at = b;
+  });
+}
+
+arvc_status arvc_plan_describe(const char *plan_dir, int32_t verify_files, const char **json_out) {
+  ARVC_REQUIRE(json_out, "arvc_plan_describe: json_out is NULL; pass the address of a const char * to receive the JSON");
+  *json_out = nullptr;
+  ARVC_REQUIRE(plan_dir && *plan_dir, "arvc_plan_describe: plan_dir is NULL or empty; pass the directory `arvc compile` wrote");
+  return guarded([&] {
+    g_plan_description = arvc::describe_plan(arvc::read_plan(plan_dir, verify_files != 0));
+    *json_out = g_plan_description.c_str();
   });
 }
 

@@ -49,7 +49,58 @@ const json &need(const json &obj, const char *key, const std::string &where) {
   return *it;
 }
 
+// runtime/manifest.py Manifest: the resolution is what the model's patch size and the geometry make it.
+void check_resolution(const Plan &plan, const std::string &mpath) {
+  const int tpf = (plan.latent_h / plan.patch[1]) * (plan.latent_w / plan.patch[2]);
+  const std::pair<const char *, std::pair<int, int>> fields[] = {
+      {"tokens_per_frame", {plan.tokens_per_frame, tpf}},
+      {"tokens_per_block", {plan.tokens_per_block, tpf * plan.geometry.frames_per_block}},
+      {"cache_tokens", {plan.cache_tokens, tpf * plan.geometry.capacity_frames()}}};
+  for (const auto &[name, have_want] : fields)
+    if (have_want.first != have_want.second)
+      fail(ARVC_ERR_PLAN, mpath + ": resolution." + name + " is " + std::to_string(have_want.first) +
+                              ", but the model's patch size and the geometry make it " + std::to_string(have_want.second) +
+                              "; recompile the plan with this arvc (arvc compile)");
+}
+
 }  // namespace
+
+std::vector<KVRegion> Plan::kv_regions() const {
+  const int sink = sink_rows();
+  if (kv_sink.empty() || sink == 0) return {{"", kv_cache, cache_tokens}};
+  return {{"sink_", kv_sink, sink + 1}, {"", kv_cache, cache_tokens - sink + 1}};
+}
+
+std::string describe_plan(const Plan &plan) {
+  const auto &g = plan.geometry;
+  json d = json::object();
+  d["precision"] = plan.precision;
+  d["geometry"] = {{"frames_per_block", g.frames_per_block}, {"window", g.window}, {"sink", g.sink},
+                   {"max_frames", g.max_frames}, {"rope", g.relative_rope ? "relative" : "absolute"}};
+  d["timesteps"] = plan.timesteps;
+  d["resolution"] = {{"height", plan.height}, {"width", plan.width}, {"fps", plan.fps}, {"latent_h", plan.latent_h},
+                     {"latent_w", plan.latent_w}, {"tokens_per_frame", plan.tokens_per_frame},
+                     {"tokens_per_block", plan.tokens_per_block}, {"cache_tokens", plan.cache_tokens}};
+  d["model"] = {{"in_channels", plan.in_channels}, {"text_dim", plan.text_dim}, {"text_len", plan.text_len},
+                {"rope_max_positions", plan.rope_max_positions}, {"patch_size", plan.patch},
+                {"rope_axis_dims", plan.rope_axis_dims}, {"temporal_factor", plan.temporal_factor}};
+  d["text_encoder"] = nullptr;
+  if (!plan.vocab.empty()) {
+    std::vector<std::string> words(plan.vocab.size());
+    for (const auto &[word, id] : plan.vocab) words.at(static_cast<size_t>(id)) = word;
+    d["text_encoder"] = {{"vocab", words}, {"max_len", plan.text_max_len}};
+  }
+  d["graphs"] = {{"text", plan.text_graph}, {"dit", plan.dit_graph}, {"vae_first", plan.vae_first_graph},
+                 {"vae", plan.vae_graph}};
+  d["graphs"]["text_encoder"] = plan.text_encoder_graph.empty() ? json(nullptr) : json(plan.text_encoder_graph);
+  d["kv_cache"] = plan.kv_cache;
+  d["kv_sink"] = plan.kv_sink.empty() ? json(nullptr) : json(plan.kv_sink);
+  d["sink_rows"] = plan.sink_rows();
+  d["kv_regions"] = json::array();
+  for (const auto &r : plan.kv_regions())
+    d["kv_regions"].push_back({{"prefix", r.prefix}, {"format", r.format}, {"rows", r.rows}});
+  return d.dump();
+}
 
 std::string sha256_file_hex(const std::string &path) {
   std::ifstream f(path, std::ios::binary);
@@ -124,6 +175,8 @@ Plan read_plan(const std::string &dir, bool verify_files) {
     plan.latent_h = res.at("latent_h");
     plan.latent_w = res.at("latent_w");
     plan.tokens_per_frame = res.at("tokens_per_frame");
+    plan.tokens_per_block = res.at("tokens_per_block");
+    plan.cache_tokens = res.at("cache_tokens");
     const json &model = need(m, "model", mpath);
     const json &dit = model.at("dit");
     plan.in_channels = dit.at("in_channels");
@@ -131,6 +184,10 @@ Plan read_plan(const std::string &dir, bool verify_files) {
     plan.text_len = dit.at("text_len");
     plan.rope_max_positions = dit.value("rope_max_positions", 1024);
     for (int i = 0; i < 3; ++i) plan.patch[i] = dit.at("patch_size").at(i);
+    check_resolution(plan, mpath);
+    const json &recipe = need(m, "recipe", mpath);
+    plan.kv_cache = recipe.value("kv_cache", std::string("fp32"));
+    if (recipe.contains("kv_sink") && !recipe.at("kv_sink").is_null()) plan.kv_sink = recipe.at("kv_sink");
     const int head_dim = dit.at("dim").get<int>() / dit.at("num_heads").get<int>();
     const int third = 2 * (head_dim / 6);
     plan.rope_axis_dims = {head_dim - 2 * third, third, third};

@@ -1,5 +1,6 @@
 // Reading a plan directory (the format is specified in runtime/plan.py and docs/plan-format.md): the
-// manifest's checks in Python's order, then the fields the C runtime needs, parsed once.
+// manifest's checks in Python's order, then the fields the C runtime needs, parsed once, with the facts
+// runtime/manifest.py Manifest derives from them (tests/test_c_runtime.py compares the two: describe_plan).
 #pragma once
 
 #include <array>
@@ -10,20 +11,27 @@
 
 namespace arvc {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;  // runtime/manifest.py SCHEMA_VERSION (2 dropped the stored TensorRT graphs, read alike)
 
-struct CacheGeometry {  // runtime/kv_cache.py CacheGeometry
+struct CacheGeometry {  // arvc/model/cache_geometry.py CacheGeometry
   int frames_per_block = 3, window = 0, sink = 0, max_frames = 21;
   bool relative_rope = false;
   int ring() const { return window ? window - sink : max_frames; }
   int capacity_frames() const { return window ? window : max_frames; }
 };
 
+struct KVRegion {  // quant/kv.py KVRegion: one set of buffers of a layer's K (or V) cache
+  std::string prefix, format;
+  int rows = 0;
+};
+
 struct Plan {
   std::string dir, precision;
   CacheGeometry geometry;
   std::vector<double> timesteps;
-  int width = 0, height = 0, fps = 0, latent_h = 0, latent_w = 0, tokens_per_frame = 0;
+  int width = 0, height = 0, fps = 0, latent_h = 0, latent_w = 0;
+  int tokens_per_frame = 0, tokens_per_block = 0, cache_tokens = 0;  // resolution, checked against the geometry
+  std::string kv_cache = "fp32", kv_sink;  // the recipe's KV formats; kv_sink empty: the sink uses kv_cache
   int in_channels = 0, text_dim = 0, text_len = 0, rope_max_positions = 1024, temporal_factor = 1;
   std::array<int, 3> patch{};           // (t, h, w)
   std::array<int, 3> rope_axis_dims{};  // head_dim split (time, height, width), as WanConfig
@@ -32,11 +40,17 @@ struct Plan {
   std::string text_graph, dit_graph, vae_first_graph, vae_graph, text_encoder_graph;  // paths
 
   std::string path(const std::string &name) const { return dir + "/" + name; }
+  int sink_rows() const { return geometry.sink * tokens_per_frame; }
+  std::vector<KVRegion> kv_regions() const;  // as Manifest.kv_regions()
 };
 
 // Throws arvc::Error (ARVC_ERR_PLAN / ARVC_ERR_INTEGRITY) naming the file and the fix.
 Plan read_plan(const std::string &dir, bool verify_files);
 
 std::string sha256_file_hex(const std::string &path);
+
+// The plan as this reader sees it, as JSON (the fields of runtime/manifest.py's Manifest it reads, and the
+// facts it derives): what arvc_plan_describe returns.
+std::string describe_plan(const Plan &plan);
 
 }  // namespace arvc

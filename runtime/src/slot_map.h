@@ -1,4 +1,4 @@
-// Host-side cache bookkeeping and RoPE tables: runtime/kv_cache.py SlotMap and arvc/model/rope.py in C++,
+// Host-side cache bookkeeping and RoPE tables: arvc/model/cache_geometry.py SlotMap and arvc/model/rope.py in C++,
 // statement for statement, so the C and Python runtimes feed the dit graph the same rows and tables.
 #pragma once
 

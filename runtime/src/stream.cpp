@@ -146,7 +146,7 @@ Context Stream::context_for_embeddings(const float *emb, int64_t tokens, int64_t
   return ctx;
 }
 
-// ---- the causal loop (runtime/causal.py CausalLoop on PlanGenerator's hooks) ---------------------------
+// ---- the causal loop (arvc/model/causal.py CausalLoop on PlanGenerator's hooks) ---------------------------
 
 void Stream::set_context(const Context &ctx) {
   const std::string key(reinterpret_cast<const char *>(ctx.data()), ctx.size() * sizeof(float));

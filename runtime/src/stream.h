@@ -1,4 +1,4 @@
-// A C-runtime session: runtime/plan_session.py and runtime/causal.py in C++. The causal loop (seeded
+// A C-runtime session: runtime/plan_session.py and arvc/model/causal.py in C++. The causal loop (seeded
 // noise, re-noising, the cache call, the clean-latent history and the prompt-switch re-cache) runs on
 // the plan's graphs; with prefetch on, a worker thread computes the DiT of block b + 1 while the
 // caller's thread decodes block b with the VAE, so at most two blocks of latents exist at any time.

@@ -10,6 +10,7 @@ int main(void) {
   arvc_session *s = NULL;
   arvc_options options = arvc_options_default();
   arvc_info info;
+  const char *description = "";
   memset(&info, 0, sizeof info);
   info.size = sizeof info;
   if (options.size != sizeof(arvc_options)) ++failures;
@@ -18,6 +19,8 @@ int main(void) {
   if (arvc_open("/nonexistent/plan", &options, &s) != ARVC_ERR_PLAN) ++failures;
   if (arvc_get_info(s, &info) != ARVC_ERR_INVALID_ARGUMENT) ++failures;
   if (strcmp(arvc_status_string(ARVC_ERR_BUFFER_TOO_SMALL), "buffer too small") != 0) ++failures;
+  if (arvc_plan_describe(NULL, 0, &description) != ARVC_ERR_INVALID_ARGUMENT || description != NULL) ++failures;
+  if (arvc_plan_describe("/nonexistent/plan", 0, &description) != ARVC_ERR_PLAN) ++failures;
   arvc_close(NULL);
   printf("arvc %s from C: %s\n", arvc_version(), failures ? "FAILED" : "ok");
   return failures != 0;

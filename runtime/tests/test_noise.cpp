@@ -1,5 +1,5 @@
 // Self-checks of runtime/include/arvc_noise.h (registered with ctest), and a dump mode for
-// tests/test_noise.py, which compares the C++ stream with runtime/noise.py bit for bit:
+// tests/test_noise.py, which compares the C++ stream with arvc/model/noise.py bit for bit:
 //   test_noise                               run the checks; exit status 0 when all pass
 //   test_noise dump SEED BLOCK STEP N        write arvc_noise_fill's N floats (raw little-endian) to stdout
 // Compiled with -ffp-contract=off (through the arvc_noise target): see the header.
@@ -65,7 +65,7 @@ void test_elementary_functions() {
   check(worst_sc < 1e-14, "sincos abs error < 1e-14");
 }
 
-// Golden bits (from runtime/noise.py): a build that contracts into FMA, or any drift, fails here.
+// Golden bits (from arvc/model/noise.py): a build that contracts into FMA, or any drift, fails here.
 void test_golden() {
   const uint32_t g123[8] = {0x400fc5c2u, 0x3e932e62u, 0xbe91e066u, 0xbfa06239u,
                             0x40091963u, 0xbfc1b698u, 0x3dfcd06fu, 0xbfe14455u};

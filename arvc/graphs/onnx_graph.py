@@ -15,21 +15,23 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from arvc.checkpoints.safetensors_io import read_safetensors_header
+from arvc.quant.format_table import FORMATS
 
 OPSET = 23
 IR_VERSION = 11  # ONNX Runtime 1.31 reads IR <= 13; 11 is what opset 23 needs
 
-ONNX_TYPES = {"F32": TensorProto.FLOAT, "F16": TensorProto.FLOAT16, "BF16": TensorProto.BFLOAT16,
-              "F8_E4M3": TensorProto.FLOAT8E4M3FN,
-              "F64": TensorProto.DOUBLE, "I64": TensorProto.INT64, "U8": TensorProto.UINT8,
-              "I8": TensorProto.INT8, "BOOL": TensorProto.BOOL}
+# safetensors dtype -> ONNX element type: the formats' (quant/format_table.py), plus the index / mask types
+ONNX_TYPES = {f.safetensors: getattr(TensorProto, f.onnx) for f in FORMATS.values()} | {
+    "F64": TensorProto.DOUBLE, "I64": TensorProto.INT64, "BOOL": TensorProto.BOOL}
 
 
 class ExternalWeights:
-    """Tensors of one safetensors file, referenced (never copied) by graphs in the same directory."""
+    """Tensors of one safetensors file, referenced (never copied) by graphs in the same directory.
+    ``formats``: layer -> storage format of each quantized linear (the recipe's; a stored dtype alone does not
+    say which format wrote it)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, formats: dict[str, str] | None = None):
+        self.path, self.formats = Path(path), dict(formats or {})
         header, _ = read_safetensors_header(self.path)
         with open(self.path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
@@ -68,7 +70,7 @@ class GraphBuilder:
         self._weight_values: dict[str, str] = {}
         self._const_cache: dict[tuple, str] = {}
         self._ids = itertools.count()
-        # activation quantization of GEMM inputs (compiler/lower_quant.py): layer -> ActQuant, set by a lowering
+        # activation quantization of GEMM inputs (arvc/graphs/lower_quant.py): layer -> ActQuant, set by a lowering
         self.act_quant: dict = {}
         self.act_rows, self.act_timesteps, self.timestep = 0, (), None
 
@@ -111,8 +113,11 @@ class GraphBuilder:
         if f"{name}_scale" in self.weights:
             from .lower_quant import dequantize
 
-            fmt = {"I8": "int8", "F8_E4M3": "fp8", "U8": "nvfp4"}[stored]
-            value = dequantize(self, name, fmt)
+            layer = name.rsplit(".weight", 1)[0]
+            if layer not in self.weights.formats:
+                raise KeyError(f"graph {self.name}: {name} is stored quantized, but no weight format was given for "
+                               f"{layer} (ExternalWeights(formats=...), from the recipe)")
+            value = dequantize(self, name, self.weights.formats[layer])
         elif ONNX_TYPES[stored] != self.compute_type:
             value = self.op("Cast", [name], to=self.compute_type)
         self._weight_values[name] = value

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper
 
-from arvc.quant.formats import E2M1_VALUES, E4M3_MAX, NVFP4_BLOCK
+from arvc.quant.format_table import E2M1_VALUES, E4M3_MAX, NVFP4_BLOCK
 from arvc.quant.kv import kv_parts
 
 F32 = TensorProto.FLOAT

@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from arvc.quant.formats import E2M1_VALUES, NVFP4_BLOCK
+from arvc.quant.format_table import E2M1_VALUES, FORMATS, NVFP4_BLOCK
 
 
 def dequantize(g, name: str, fmt: str) -> str:
     """Values of the quantized weight ``name`` as fp32 [out, in] (graph value name)."""
     scale = g.initializer(f"{name}_scale")
     w = g.initializer(name)
-    if fmt in ("int8", "fp8"):
+    if not FORMATS[fmt].block:  # one scale per output channel
         return g.op("DequantizeLinear", [w, scale], axis=0)
     out, half = g.weights.shape(name)
     cols = 2 * half

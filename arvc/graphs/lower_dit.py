@@ -4,12 +4,13 @@ Written op by op rather than traced, so that the graph is the one a deployment w
 ``[N, dim]`` (batch 1), every linear is a Gemm on the stored ``[out, in]`` weight, attention is the
 opset-23 ``Attention`` on 3D ``[1, N, dim]`` tensors (no head transposes), and each layer's KV cache is
 a graph input whose ``ScatterND`` result is the matching output, so a caller that binds one buffer to
-both gets an in-place cache write. Semantics are those of ``arvc.model.dit`` (tested for parity).
+both gets an in-place cache write. The math is ``arvc.model.dit``'s, run on ``OnnxDitOps``: each op of the model's
+vocabulary adds its nodes here, so this file holds the graph's form, not a second copy of the model.
 
 dit graph, per call (F frames of T tokens, N = F*T; cache of Nk = capacity_frames*T tokens):
   inputs  latents [1,C,F,H,W] f32 · timestep [1] f64 · cross_k_i / cross_v_i [1,L,dim]
           k_cache_i / v_cache_i [Nk,dim] (+ scale / block_scale parts and sink buffers of a quantized
-          cache: compiler/lower_kv.py) · write_index [N,1] i64 (cache rows of the block's tokens)
+          cache: arvc/graphs/lower_kv.py) · write_index [N,1] i64 (cache rows of the block's tokens)
           key_valid [Nk] bool (rows attended) · rope_q_cos / rope_q_sin [1,N,Dh/2]
           (relative RoPE only) rope_k_cos / rope_k_sin [1,Nk,Dh/2]
   outputs x0 [1,C,F,H,W] f32 (= latents - t/1000 * v) · k_cache_out_i / v_cache_out_i (and every part's _out)
@@ -24,7 +25,9 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto
 
+from arvc.model import dit as wan
 from arvc.model.config import WanConfig
+from arvc.quant.kv import kv_regions
 
 from . import lower_kv
 from .onnx_graph import ExternalWeights, GraphBuilder
@@ -47,21 +50,104 @@ class DitShapes:
         return (self.latent_h // cfg.patch_size[1]) * (self.latent_w // cfg.patch_size[2])
 
 
-def _rms(g: GraphBuilder, x: str, weight: str, eps: float) -> str:
-    return g.op("RMSNormalization", [x, g.weight(weight)], axis=-1, epsilon=eps)
+class OnnxDitOps:
+    """arvc.model.dit's op vocabulary as ONNX nodes: batch 1, tokens [N, dim], one timestep per call.
 
+    Self-attention is the graph's: RoPE from the per-call tables (K rotated before it is cached in absolute
+    mode), then ``attend`` (a CacheAttention emitter: the cache write and the attention over the cache).
+    ``modulation_bf16``: the residual stream, LayerNorm outputs, modulation and gates are rounded to bf16 where
+    the reference computes them in bf16 (Numerics.modulation_bf16); tensors stay f32, holding bf16 values,
+    since f32 arithmetic on two bf16 values rounded once to bf16 is what torch's bf16 ops compute."""
 
-def _layer_norm(g: GraphBuilder, x: str, dim: int, eps: float, prefix: str | None = None) -> str:
-    if prefix is None:  # Wan's affine-free LayerNorm
-        scale, bias = g.const(np.ones(dim)), g.const(np.zeros(dim))
-    else:
-        scale, bias = g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias")
-    return g.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
+    def __init__(self, g: GraphBuilder, cfg: WanConfig, n_tokens: int = 0, attend=None, rope=None,
+                 latent_shape=None, sinusoid: str | None = None, modulation_bf16: bool = False):
+        self.g, self.cfg, self.attend, self.rope, self.sinusoid = g, cfg, attend, rope, sinusoid
+        self.bf16 = modulation_bf16
+        self.latent_shape = latent_shape  # [C, F, H, W]
+        self.n = n_tokens
+        if n_tokens:
+            self.to3, self.to2 = g.const([1, n_tokens, cfg.dim], np.int64), g.const([n_tokens, cfg.dim], np.int64)
 
+    def _md(self, x: str) -> str:
+        """x in the residual dtype: rounded to bf16 (and back) under bf16 modulation numerics."""
+        if not self.bf16:
+            return x
+        return self.g.op("Cast", [self.g.op("Cast", [x], to=TensorProto.BFLOAT16)], to=F32)
 
-def _modulate(g: GraphBuilder, x: str, shift: str, scale: str) -> str:
-    # x * (1 + scale) + shift; shift/scale: [1, dim] broadcast over the tokens
-    return g.op("Add", [g.op("Mul", [x, g.op("Add", [scale, g.const(1.0)])]), shift])
+    def patchify(self, latents):
+        # [1, C, F, H, W] -> [1, dim, F, h, w] -> tokens [N, dim] ordered (frame, row, col)
+        g, cfg = self.g, self.cfg
+        y = g.op("Conv", [latents, g.weight("patch_embedding.weight"), g.weight("patch_embedding.bias")],
+                 kernel_shape=list(cfg.patch_size), strides=list(cfg.patch_size))
+        return self._md(g.op("Transpose", [g.op("Reshape", [y, g.const([cfg.dim, self.n], np.int64)])], perm=[1, 0]))
+
+    def unpatchify(self, out):
+        # out [N, p0*p1*p2*C] (channels fastest) -> [1, C, F, H, W]
+        g, cfg = self.g, self.cfg
+        c, f, hl, wl = self.latent_shape
+        p0, p1, p2 = cfg.patch_size
+        u = g.op("Reshape", [out, g.const([f // p0, hl // p1, wl // p2, p0, p1, p2, cfg.out_channels], np.int64)])
+        u = g.op("Transpose", [u], perm=[6, 0, 3, 1, 4, 2, 5])
+        return g.op("Reshape", [u, g.const([1, cfg.out_channels, f, hl, wl], np.int64)])
+
+    def time_sinusoid(self, t):
+        # t: [1] f64 -> [1, freq_dim] f32, computed in f64 as the reference does (host_time graphs: given)
+        if self.sinusoid is not None:
+            return self.sinusoid
+        g = self.g
+        arg = g.op("Mul", [g.op("Unsqueeze", [t, g.const([1], np.int64)]),
+                           g.const(time_frequencies(self.cfg.freq_dim), np.float64)])
+        return g.op("Cast", [g.op("Concat", [g.op("Cos", [arg]), g.op("Sin", [arg])], axis=1)], to=F32)
+
+    def time_modulation(self, e, e0):
+        return self._md(e), self._md(self.g.op("Reshape", [e0, self.g.const([6, self.cfg.dim], np.int64)]))
+
+    def modulation(self, name, e, parts):
+        # -> parts x [1, dim]
+        g = self.g
+        param = self._md(g.op("Reshape", [g.weight(name), g.const([parts, self.cfg.dim], np.int64)]))
+        return g.op("Split", [self._md(g.op("Add", [param, e]))], outputs=parts, axis=0, num_outputs=parts)
+
+    def linear(self, x, prefix):
+        return self.g.linear(x, prefix)
+
+    def rms_norm(self, x, prefix):
+        return self.g.op("RMSNormalization", [x, self.g.weight(f"{prefix}.weight")], axis=-1, epsilon=self.cfg.eps)
+
+    def layer_norm(self, x, prefix=None):
+        g, d = self.g, self.cfg.dim
+        if prefix is None:  # Wan's affine-free LayerNorm
+            scale, bias = g.const(np.ones(d)), g.const(np.zeros(d))
+        else:
+            scale, bias = g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias")
+        return self._md(g.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=self.cfg.eps))
+
+    def modulate(self, x, shift, scale):
+        g, md = self.g, self._md
+        return md(g.op("Add", [md(g.op("Mul", [x, md(g.op("Add", [scale, g.const(1.0)]))])), shift]))
+
+    def residual(self, x, y, gate=None):
+        g, md = self.g, self._md
+        return md(g.op("Add", [x, md(y) if gate is None else md(g.op("Mul", [md(y), gate]))]))
+
+    def gelu(self, x):
+        return self.g.op("Gelu", [x], approximate="tanh")
+
+    def silu(self, x):
+        return self.g.silu(x)
+
+    def self_attention(self, layer, q, k, v):
+        g, (cos, sin, absolute) = self.g, self.rope
+        q = _rotate(g, g.op("Reshape", [q, self.to3]), cos, sin, self.cfg.num_heads)
+        if absolute:  # K is cached after RoPE, at absolute positions
+            k = g.op("Reshape", [_rotate(g, g.op("Reshape", [k, self.to3]), cos, sin, self.cfg.num_heads), self.to2])
+        return g.op("Reshape", [self.attend(layer, q, k, v), self.to2])
+
+    def cross_attention(self, q, k, v):
+        # k, v: the text stage's cross_k_i / cross_v_i [1, L, dim]
+        H = self.cfg.num_heads
+        attn = self.g.op("Attention", [self.g.op("Reshape", [q, self.to3]), k, v], q_num_heads=H, kv_num_heads=H)
+        return self.g.op("Reshape", [attn, self.to2])
 
 
 def build_text_graph(cfg: WanConfig, weights: ExternalWeights, fp4_weights: str = "bitops"):
@@ -71,34 +157,17 @@ def build_text_graph(cfg: WanConfig, weights: ExternalWeights, fp4_weights: str 
     g.fp4_weights = fp4_weights
     L, d = cfg.text_len, cfg.dim
     ctx = g.op("Reshape", [g.input("context", F32, [1, L, cfg.text_dim]), g.const([L, cfg.text_dim], np.int64)])
-    h = g.op("Gelu", [g.linear(ctx, "text_embedding.0")], approximate="tanh")
-    text = g.linear(h, "text_embedding.2")  # [L, dim]
     shape3 = g.const([1, L, d], np.int64)
-    for i in range(cfg.num_layers):
-        p = f"blocks.{i}.cross_attn"
-        k = _rms(g, g.linear(text, f"{p}.k"), f"{p}.norm_k.weight", cfg.eps)
+    for i, (k, v) in enumerate(wan.text_kv(OnnxDitOps(g, cfg), cfg, ctx)):  # [L, dim] each
         g.output(g.op("Reshape", [k, shape3]), f"cross_k_{i}", F32, [1, L, d])
-        g.output(g.op("Reshape", [g.linear(text, f"{p}.v"), shape3]), f"cross_v_{i}", F32, [1, L, d])
+        g.output(g.op("Reshape", [v, shape3]), f"cross_v_{i}", F32, [1, L, d])
     return g.model()
 
 
 def time_frequencies(freq_dim: int) -> np.ndarray:
     """[1, freq_dim/2] f64: the sinusoid's frequencies (the dit graph's constant; hosts computing the sinusoid
     themselves, as the TensorRT runtime does, must use exactly these)."""
-    half = freq_dim // 2
-    return np.power(10000.0, -np.arange(half, dtype=np.float64) / half)[None, :]
-
-
-def _time_embedding(g: GraphBuilder, cfg: WanConfig, t: str, sinusoid: str | None = None) -> tuple[str, str]:
-    # t: [1] f64 -> e [1, dim], e0 [6, dim]; the sinusoid is computed in f64 as the reference does
-    # (or, host_time graphs, given: sinusoid [1, freq_dim] f32 = Cast(f32) of the f64 cos|sin)
-    if sinusoid is None:
-        arg = g.op("Mul", [g.op("Unsqueeze", [t, g.const([1], np.int64)]), g.const(time_frequencies(cfg.freq_dim), np.float64)])
-        sinusoid = g.op("Cast", [g.op("Concat", [g.op("Cos", [arg]), g.op("Sin", [arg])], axis=1)], to=F32)
-    s = sinusoid
-    e = g.linear(g.silu(g.linear(s, "time_embedding.0")), "time_embedding.2")
-    e0 = g.op("Reshape", [g.linear(g.silu(e), "time_projection.1"), g.const([6, cfg.dim], np.int64)])
-    return e, e0
+    return wan.sinusoid_frequencies(freq_dim).numpy()[None, :]
 
 
 def _rotate(g: GraphBuilder, x3: str, cos: str, sin: str, heads: int) -> str:
@@ -115,7 +184,7 @@ class CacheContext:
     N: int  # tokens of the block
     Nk: int  # rows of the (combined) cache
     sink_rows: int  # rows of the sink's own buffers (0: one set of buffers)
-    regions: list  # [(region prefix, format, rows)] per set of buffers
+    regions: tuple  # quant/kv.py KVRegion per set of buffers
     caches: list  # per layer: {"k"|"v": [per region: {part: input name}]}
     write_index: str  # [N, 1] i64
     key_valid: str  # [Nk] bool
@@ -124,7 +193,7 @@ class CacheContext:
 
 # An emitter factory: called once (after the shared inputs exist) -> attend(layer, q [1,N,dim] rotated,
 # k [N,dim] (rotated in absolute mode), v [N,dim]) -> attention output [1,N,dim], the block's K/V written
-# into layer's cache in place. compiler/lower_plugin.py swaps in TensorRT plugin nodes.
+# into layer's cache in place. arvc/graphs/lower_plugin.py swaps in TensorRT plugin nodes.
 CacheAttention = Callable[[CacheContext], Callable[[int, str, str, str], str]]
 
 
@@ -138,8 +207,8 @@ def standard_cache_attention(ctx: CacheContext) -> Callable[[int, str, str, str]
     region_rows = [ctx.write_index] if not sink_rows else list(lower_kv.split_rows(g, ctx.write_index, sink_rows, Nk))
 
     def cache_write(buffers: list, x2: str) -> str:  # -> every cached row, fp32 [Nk, dim]
-        reads = [lower_kv.write_and_read(g, fmt, b, idx, x2, H, rows, d)
-                 for b, idx, (_, fmt, rows) in zip(buffers, region_rows, regions)]
+        reads = [lower_kv.write_and_read(g, r.format, b, idx, x2, H, r.rows, d)
+                 for b, idx, r in zip(buffers, region_rows, regions)]
         if not sink_rows:
             return reads[0]
         return g.op("Concat", [lower_kv.first_rows(g, reads[0], sink_rows),
@@ -162,14 +231,15 @@ def per_timestep_scales(act_quant: dict | None) -> bool:
 
 def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights, act_quant: dict | None = None,
                     act_timesteps: tuple[float, ...] = (), cache_attention: CacheAttention | None = None,
-                    host_time: bool = False, fp4_weights: str = "bitops"):
+                    host_time: bool = False, fp4_weights: str = "bitops", modulation_bf16: bool = False):
     """act_quant: layer -> quant/activations.ActQuant, the GEMM inputs quantized (Q/DQ) in this graph.
     cache_attention: the self-attention cache emitter (default: standard ONNX ops, see CacheContext).
     host_time: no f64 anywhere: instead of ``timestep [1] f64`` the inputs ``time_sinusoid [1, freq_dim] f32``,
     ``sigma [1] f32`` and (per-timestep activation scales only) ``act_timestep_index [] i32``, which the host
     computes from t exactly as the default graph does (runtime/trt_backend.dit_host_feeds).
-    fp4_weights: how NVFP4 weights are decoded, compiler/lower_quant.dequantize ("bitops": standard integer ops,
-    what ONNX Runtime's CPU provider runs; "qdq": FLOAT4E2M1 DequantizeLinear, what TensorRT fuses)."""
+    fp4_weights: how NVFP4 weights are decoded, arvc/graphs/lower_quant.dequantize ("bitops": standard integer ops,
+    what ONNX Runtime's CPU provider runs; "qdq": FLOAT4E2M1 DequantizeLinear, what TensorRT fuses).
+    modulation_bf16: the checkpoint's Numerics.modulation_bf16 (see OnnxDitOps)."""
     g = GraphBuilder("arvc_dit", weights)
     d, H, L = cfg.dim, cfg.num_heads, cfg.text_len
     C, F, hl, wl = cfg.in_channels, shapes.frames, shapes.latent_h, shapes.latent_w
@@ -189,11 +259,9 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
     g.act_quant, g.act_rows, g.act_timesteps, g.timestep = dict(act_quant or {}), N, tuple(act_timesteps), t
     cross = [(g.input(f"cross_k_{i}", F32, [1, L, d]), g.input(f"cross_v_{i}", F32, [1, L, d]))
              for i in range(cfg.num_layers)]
-    sink_rows = shapes.sink_frames * T if shapes.kv_sink else 0
-    # split cache: sink rows + scratch in one set of buffers, ring rows + scratch in the other
-    regions = [("", shapes.kv_cache, Nk)] if not sink_rows else \
-        [("sink_", shapes.kv_sink, sink_rows + 1), ("", shapes.kv_cache, Nk - sink_rows + 1)]
-    caches = [{kind: [lower_kv.cache_inputs(g, fmt, rows, d, H, kind, i, region) for region, fmt, rows in regions]
+    regions = kv_regions(shapes.kv_cache, shapes.kv_sink, Nk, shapes.sink_frames * T)
+    sink_rows = shapes.sink_frames * T if len(regions) > 1 else 0
+    caches = [{kind: [lower_kv.cache_inputs(g, r.format, r.rows, d, H, kind, i, r.prefix) for r in regions]
                for kind in ("k", "v")} for i in range(cfg.num_layers)]
     write_index = g.input("write_index", I64, [N, 1])
     key_valid = g.input("key_valid", BOOL, [Nk])
@@ -202,57 +270,12 @@ def build_dit_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
     if shapes.rope == "relative":
         k_cos, k_sin = g.input("rope_k_cos", F32, [1, Nk, half_head]), g.input("rope_k_sin", F32, [1, Nk, half_head])
 
-    # patchify: [1, C, F, H, W] -> [1, dim, F, h, w] -> tokens [N, dim] ordered (frame, row, col)
-    y = g.op("Conv", [latents, g.weight("patch_embedding.weight"), g.weight("patch_embedding.bias")],
-             kernel_shape=list(cfg.patch_size), strides=list(cfg.patch_size))
-    x = g.op("Transpose", [g.op("Reshape", [y, g.const([d, N], np.int64)])], perm=[1, 0])
-    e, e0 = _time_embedding(g, cfg, t, sinusoid)
-
-    to3 = g.const([1, N, d], np.int64)
-    to2 = g.const([N, d], np.int64)
     attend = (cache_attention or standard_cache_attention)(CacheContext(
         g, cfg, shapes, N, Nk, sink_rows, regions, caches, write_index, key_valid,
         (k_cos, k_sin) if shapes.rope == "relative" else None))
-
-    for i in range(cfg.num_layers):
-        p = f"blocks.{i}"
-        mod = g.op("Add", [g.op("Reshape", [g.weight(f"{p}.modulation"), g.const([6, d], np.int64)]), e0])
-        shift1, scale1, gate1, shift2, scale2, gate2 = g.op("Split", [mod], outputs=6, axis=0, num_outputs=6)
-
-        # self-attention over the cached window
-        h = _modulate(g, _layer_norm(g, x, d, cfg.eps), shift1, scale1)
-        sa = f"{p}.self_attn"
-        q = _rotate(g, g.op("Reshape", [_rms(g, g.linear(h, f"{sa}.q"), f"{sa}.norm_q.weight", cfg.eps), to3]),
-                    q_cos, q_sin, H)
-        k = _rms(g, g.linear(h, f"{sa}.k"), f"{sa}.norm_k.weight", cfg.eps)
-        if shapes.rope == "absolute":  # K is cached after RoPE, at absolute positions
-            k = g.op("Reshape", [_rotate(g, g.op("Reshape", [k, to3]), q_cos, q_sin, H), to2])
-        v = g.linear(h, f"{sa}.v")
-        attn = attend(i, q, k, v)
-        y = g.linear(g.op("Reshape", [attn, to2]), f"{sa}.o")
-        x = g.op("Add", [x, g.op("Mul", [y, gate1])])
-
-        # cross-attention on the prompt's cached K/V (no modulation, no gate)
-        ca = f"{p}.cross_attn"
-        n3 = _layer_norm(g, x, d, cfg.eps, f"{p}.norm3")
-        q = g.op("Reshape", [_rms(g, g.linear(n3, f"{ca}.q"), f"{ca}.norm_q.weight", cfg.eps), to3])
-        attn = g.op("Attention", [q, cross[i][0], cross[i][1]], q_num_heads=H, kv_num_heads=H)
-        x = g.op("Add", [x, g.linear(g.op("Reshape", [attn, to2]), f"{ca}.o")])
-
-        # feed-forward
-        h = _modulate(g, _layer_norm(g, x, d, cfg.eps), shift2, scale2)
-        y = g.linear(g.op("Gelu", [g.linear(h, f"{p}.ffn.0")], approximate="tanh"), f"{p}.ffn.2")
-        x = g.op("Add", [x, g.op("Mul", [y, gate2])])
-
-    # head on the un-projected time embedding, then unpatchify (channels fastest in the 64 outputs)
-    hm = g.op("Add", [g.op("Reshape", [g.weight("head.modulation"), g.const([2, d], np.int64)]), e])
-    shift, scale = g.op("Split", [hm], outputs=2, axis=0, num_outputs=2)
-    out = g.linear(_modulate(g, _layer_norm(g, x, d, cfg.eps), shift, scale), "head.head")  # [N, 64]
-    p0, p1, p2 = cfg.patch_size
-    hp, wp = hl // p1, wl // p2
-    u = g.op("Reshape", [out, g.const([F // p0, hp, wp, p0, p1, p2, cfg.out_channels], np.int64)])
-    u = g.op("Transpose", [u], perm=[6, 0, 3, 1, 4, 2, 5])
-    v = g.op("Reshape", [u, g.const([1, cfg.out_channels, F, hl, wl], np.int64)])
+    ops = OnnxDitOps(g, cfg, N, attend, (q_cos, q_sin, shapes.rope == "absolute"), [C, F, hl, wl], sinusoid,
+                     modulation_bf16)
+    v = wan.flow(ops, cfg, latents, t, cross)
     if sigma is None:
         sigma = g.op("Cast", [g.op("Div", [t, g.const(1000.0, np.float64)])], to=F32)
     g.output(g.op("Sub", [latents, g.op("Mul", [v, sigma])]), "x0", F32, [1, C, F, hl, wl])

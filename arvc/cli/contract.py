@@ -17,6 +17,7 @@ import shlex
 import sys
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_PARITY, EXIT_INTEGRITY = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -33,10 +34,12 @@ def rich_console(stderr: bool = False):
     return Console(file=stream, width=4096, soft_wrap=True, color_system=None)
 
 
-def rerun_command(args, *, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
-    """The command line the user ran, with flags dropped (each with its value) and others added: suggestions
-    name commands that run as printed."""
+def rerun_command(args, *, command: str | None = None, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
+    """The command line the user ran, under another command if given, with flags dropped (each with its value)
+    and others added: suggestions name commands that run as printed."""
     argv, out, i = list(getattr(args, "argv", None) or sys.argv[1:]), [], 0
+    if command:
+        argv[0] = command  # the command comes first: arvc's only options before it are --help and --version
     while i < len(argv):
         flag = argv[i].split("=", 1)[0]
         if flag in drop:
@@ -48,31 +51,33 @@ def rerun_command(args, *, drop: tuple[str, ...] = (), add: tuple[str, ...] = ()
     return "arvc " + " ".join(shlex.quote(a) for a in [*out, *add])
 
 
-_BOOLEAN_FLAGS = ("--force", "--sensitivity", "--no-verify", "--json", "--quiet")
+_BOOLEAN_FLAGS = ("--force", "--sensitivity", "--no-verify", "--json", "--quiet", "--no-cuda-graph",
+                  "--modulation-bf16", "--no-modulation-bf16")
 
 
 def recompile_hint(plan_dir, changes: dict) -> str:
     """The compile command that rebuilds ``plan_dir`` with ``changes`` (flag -> value), from its manifest."""
+    from arvc.runtime.manifest import json_of
     from arvc.runtime.plan import read_manifest
 
     if {"--vae", "--modulation-bf16"} & set(changes):
         return "a plan holds the VAE and the numerics it was compiled with; compile the checkpoint with the ones you want"
     m = read_manifest(plan_dir, verify_files=False)
-    source = Path(m["source"]["checkpoint"])
+    source = Path(m.source.checkpoint)
     if not source.is_file():
         return f"recompile its checkpoint ({source}, not found from here) with {' '.join(changes)}"
     model = source.parent if source.name == "model.safetensors" else source  # the directory brings its VAE, encoder
-    r, g, res = m["recipe"], m["geometry"], m["resolution"]
-    flags = {"--precision": r["weights"], "--kv-cache": r.get("kv_cache"), "--kv-sink-precision": r.get("kv_sink"),
-             "--activations": r.get("activations"), "--act-scales": r.get("act_scales") if r.get("activations") else None,
-             "--target": m["target"]["name"], "--height": res["height"], "--width": res["width"], "--fps": res["fps"],
-             "--timesteps": ",".join(f"{t:g}" for t in m["schedule"]["timesteps"]),
-             **{f"--{k.replace('_', '-')}": v for k, v in g.items()}}
+    r, res = m.recipe, m.resolution
+    flags = {"--precision": r.weights, "--kv-cache": r.kv_cache, "--kv-sink-precision": r.kv_sink,
+             "--activations": r.activations, "--act-scales": r.act_scales if r.activations else None,
+             "--target": m.target.name, "--height": res.height, "--width": res.width, "--fps": res.fps,
+             "--timesteps": ",".join(f"{t:g}" for t in m.schedule.timesteps),
+             **{f"--{k.replace('_', '-')}": v for k, v in json_of(m.geometry).items()}}
     if {"--shift", "--steps"} & set(changes):
         flags["--timesteps"] = None  # compile's --timesteps would override them
     flags.update(changes)
     switches = []
-    if r.get("sensitivity"):
+    if r.sensitivity:
         switches.append("--sensitivity")
     name = Path(plan_dir).name.removesuffix(".plan") + "-" + "-".join(f"{k.lstrip('-')}{v}" for k, v in changes.items())
     out = Path(plan_dir).with_name(f"{name}.plan")

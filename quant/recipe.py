@@ -23,12 +23,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from arvc.quant.activations import ACT_SCALES
-from arvc.quant.kv import KV_FORMATS
+import torch
+
+from .activations import ACT_FORMAT_OF_WEIGHTS, ACT_MODES, ACT_SCALES, ActQuant, scale_from_amax
+from .format_table import FLOAT_FORMATS, KV_FORMATS, QUANTIZED_FORMATS
 
 RECIPE_VERSION = 1
-FLOAT_FORMATS = ("fp32", "fp16", "bf16")
-QUANTIZED_FORMATS = ("int8", "fp8", "nvfp4")
 
 # Default parity thresholds (decoded-frame PSNR vs the fp32 reference, dB) per precision.
 DEFAULT_MIN_PSNR = {"fp32": 60.0, "fp16": 40.0, "bf16": 30.0, "int8": 35.0, "fp8": 32.0, "nvfp4": 25.0}
@@ -60,8 +60,6 @@ class Recipe:
             if kv not in KV_FORMATS:
                 raise ValueError(f"recipe {self.name}: KV-cache format {kv!r} must be one of {KV_FORMATS}")
         if self.activations is not None:
-            from arvc.quant.activations import ACT_MODES
-
             if self.activations not in ACT_MODES:
                 raise ValueError(f"recipe {self.name}: activations {self.activations!r} must be one of {ACT_MODES} "
                                  "or none")
@@ -87,12 +85,6 @@ class Recipe:
         return d
 
     @classmethod
-    def from_manifest(cls, record: dict) -> "Recipe":
-        """A plan manifest's ``recipe`` entry, which also records what compiling did (quantized_weights,
-        calibration, ...): only the recipe's own fields are read."""
-        return cls.from_dict({k: v for k, v in record.items() if k in cls.__dataclass_fields__})
-
-    @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         if d.get("version", 0) > RECIPE_VERSION:
             raise ValueError(f"recipe version {d['version']} is newer than this arvc reads ({RECIPE_VERSION})")
@@ -104,7 +96,7 @@ class Recipe:
 DEFAULT_MIN_PSNR_KV = {"fp16": 40.0, "int8": 38.0, "fp8": 38.0, "nvfp4": 28.0}
 
 
-def recipe_for(precision: str, target: str = "cpu", kv_cache: str = "fp32", kv_sink: str | None = None,
+def recipe_for(precision: str, kv_cache: str = "fp32", kv_sink: str | None = None,
                keep: dict | None = None, layer_formats: dict | None = None, activations: str | None = None,
                act_scales: str = "per-layer") -> Recipe:
     kv_cache = "fp32" if kv_cache in (None, "none") else kv_cache
@@ -165,3 +157,17 @@ def read_recipe_file(path: str | Path) -> dict:
         if not isinstance(d.get(key, {}), dict) or not all(isinstance(v, str) for v in d.get(key, {}).values()):
             raise ValueError(f'--recipe {path}: "{key}" must map layer patterns to strings')
     return {k: v for k, v in d.items() if k not in ("format", "version")}
+
+
+def act_quant_table(recipe: Recipe, calibration: dict | None, layers: list[str]) -> dict:
+    """layer -> ActQuant for the recipe (static scales from the calibration, compiler/calibrate.py's record)."""
+    out = {}
+    for n in layers:
+        fmt = ACT_FORMAT_OF_WEIGHTS[recipe.weight_format(n)]
+        if recipe.activations == "dynamic":
+            out[n] = ActQuant(fmt, "dynamic")
+            continue
+        amax = torch.tensor(calibration["amax"][n], dtype=torch.float32)
+        amax = amax if recipe.act_scales == "per-timestep" else amax.max()
+        out[n] = ActQuant(fmt, "static", scale_from_amax(amax, fmt))
+    return out

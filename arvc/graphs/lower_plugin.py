@@ -27,7 +27,7 @@ No FP64 (TensorRT has none): instead of dit.onnx's ``timestep [1] f64`` the grap
 freq_dim] f32, ``sigma`` [1] f32 and, with per-timestep activation scales, ``act_timestep_index`` [] i32, which
 the runtime computes from t exactly as dit.onnx does (runtime/trt_backend.dit_host_feeds; the parameters are
 recorded in the model's metadata_props under HOST_FEEDS_KEY). NVFP4 weights are FLOAT4E2M1
-DequantizeLinear (block 16) with a DequantizeLinear'd E4M3 scale (compiler/lower_quant.dequantize), the
+DequantizeLinear (block 16) with a DequantizeLinear'd E4M3 scale (arvc/graphs/lower_quant.dequantize), the
 pattern TensorRT fuses into an FP4 GEMM, on the same bytes as dit.onnx's bit-op decode.
 
 The other graph inputs are dit.onnx's (same names, shapes and types: ``write_index`` stays [N,1] i64 and
@@ -48,6 +48,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from arvc.model.config import WanConfig
+from arvc.quant.format_table import KV_CODES
+from arvc.quant.formats import CODECS
 from arvc.quant.kv import kv_parts
 
 from .lower_dit import CacheContext, DitShapes, build_dit_graph, per_timestep_scales
@@ -57,8 +59,7 @@ PLUGIN_DOMAIN = "arvc"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "arvc"
 WRITE_OP, ATTENTION_OP = "KVCacheWrite", "AttentionQCache"
-KV_FORMAT_CODES = {"fp16": 1, "int8": 2, "fp8": 3, "nvfp4": 4}  # csrc/arvc_kernels.h arvc_kv_format
-PLUGIN_KV_FORMATS = tuple(KV_FORMAT_CODES)
+PLUGIN_KV_FORMATS = tuple(KV_CODES)  # the caches the kernels hold
 HOST_FEEDS_KEY = "arvc.host_feeds"  # metadata_props: JSON {"freq_dim", "act_timesteps"} for dit_host_feeds
 
 
@@ -72,7 +73,7 @@ def plugin_problem(kv_cache: str, kv_sink: str | None = None, activations: str |
         return (f"--target tensorrt: {what} activation scales are computed at run time, and TensorRT's quantize "
                 "layers take only build-time constant scales; use --activations static --act-scales per-layer "
                 "(or weight-only quantization, --activations none) for TensorRT, or --target cuda for this recipe")
-    if kv_cache not in KV_FORMAT_CODES:
+    if kv_cache not in KV_CODES:
         return (f"--target tensorrt needs a KV-cache format the arvc kernels implement "
                 f"(--kv-cache {'|'.join(PLUGIN_KV_FORMATS)}); --kv-cache {kv_cache} has no cache kernel "
                 "(fp32 caches are what the ONNX graph is for: use --target cpu, or --kv-cache fp16)")
@@ -83,13 +84,13 @@ def plugin_problem(kv_cache: str, kv_sink: str | None = None, activations: str |
 
 
 def plugin_cache_attention(ctx: CacheContext):
-    """The CacheAttention emitter of compiler/lower_dit.py with the arvc plugins (see the module docstring)."""
+    """The CacheAttention emitter of arvc/graphs/lower_dit.py with the arvc plugins (see the module docstring)."""
     problem = plugin_problem(ctx.shapes.kv_cache, ctx.shapes.kv_sink if ctx.sink_rows else None)
     if problem:
         raise ValueError(problem)
     g, cfg, N = ctx.g, ctx.cfg, ctx.N
     fmt = ctx.shapes.kv_cache
-    common = dict(format=KV_FORMAT_CODES[fmt], heads=cfg.num_heads, head_dim=cfg.head_dim,
+    common = dict(format=KV_CODES[fmt], heads=cfg.num_heads, head_dim=cfg.head_dim,
                   plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
     rows = g.op("Cast", [g.op("Reshape", [ctx.write_index, g.const([N], np.int64)])], to=TensorProto.INT32)
     valid = g.op("Cast", [ctx.key_valid], to=TensorProto.UINT8)
@@ -116,13 +117,14 @@ def plugin_cache_attention(ctx: CacheContext):
 
 
 def build_dit_plugin_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalWeights,
-                           act_quant: dict | None = None, act_timesteps: tuple[float, ...] = ()) -> onnx.ModelProto:
+                           act_quant: dict | None = None, act_timesteps: tuple[float, ...] = (),
+                           modulation_bf16: bool = False) -> onnx.ModelProto:
     """dit.onnx with the cache ops as arvc plugins (raises ValueError when plugin_problem has an answer)."""
     problem = plugin_problem(shapes.kv_cache, shapes.kv_sink)
     if problem:
         raise ValueError(problem)
     model = build_dit_graph(cfg, shapes, weights, act_quant, act_timesteps, cache_attention=plugin_cache_attention,
-                            host_time=True, fp4_weights="qdq")
+                            host_time=True, fp4_weights="qdq", modulation_bf16=modulation_bf16)
     model.graph.name = "arvc_dit_trt"
     model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
     # what the host computes from t (runtime/trt_backend.dit_host_feeds), recorded in the graph it feeds
@@ -133,13 +135,11 @@ def build_dit_plugin_graph(cfg: WanConfig, shapes: DitShapes, weights: ExternalW
 
 
 # -- CPU reference implementations (onnx.reference), the kernels' semantics in torch -------------------------
-_FORMAT_NAMES = {v: k for k, v in KV_FORMAT_CODES.items()}
+_FORMAT_NAMES = {v: k for k, v in KV_CODES.items()}
 
 
 def _codec(fmt: str):
-    from arvc.quant.formats import NVFP4, Fp8E4M3, Int8
-
-    return {"int8": Int8("per_token"), "fp8": Fp8E4M3("per_token"), "nvfp4": NVFP4("per_token")}[fmt]
+    return CODECS[fmt]("per_token")
 
 
 def reference_encode(fmt: str, x, heads: int) -> list[np.ndarray]:
@@ -215,10 +215,3 @@ def reference_ops() -> list:
             return (out.reshape(qt.shape).numpy().astype(np.float32),)
 
     return [KVCacheWrite, AttentionQCache]
-
-
-def plugin_stage() -> dict:
-    """The manifest's ``stages.dit_trt.plugins``: what a TensorRT runtime must load to parse dit_trt.onnx."""
-    return {"domain": PLUGIN_DOMAIN, "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE,
-            "ops": [WRITE_OP, ATTENTION_OP], "library": "libarvc_trt_plugins.so",
-            "kernels": ["arvc_kv_cache_write_cuda", "arvc_attention_qcache_cuda"]}

@@ -1,4 +1,5 @@
-"""Build the PyTorch reference modules from checkpoint files, and read prompt embeddings."""
+"""Build the PyTorch reference modules from checkpoint files, and read prompt embeddings (the text encoder's
+loader is arvc/checkpoints/text.py: plans load it too)."""
 from __future__ import annotations
 
 import json
@@ -42,20 +43,6 @@ def resolve_checkpoint(path: str | Path, vae: str | Path | None = None) -> Check
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     return CheckpointFiles(p, Path(vae) if vae else None)
-
-
-def load_text_encoder(path: Path):
-    """The tiny model's text encoder (arvc.tiny.text) from its safetensors file."""
-    from arvc.checkpoints.safetensors_io import check_finite, read_safetensors
-    from arvc.tiny.text import TextEncoderConfig, TinyTextEncoder
-
-    tensors, meta = read_safetensors(path)
-    if meta.get("arvc.format") != "arvc-tiny-text" or "arvc.config" not in meta:
-        raise ValueError(f"{path}: not an arvc text encoder (metadata arvc.format must be 'arvc-tiny-text')")
-    check_finite(path, tensors)
-    enc = TinyTextEncoder(TextEncoderConfig.from_json(meta["arvc.config"]))
-    enc.load_state_dict(tensors)
-    return enc.eval()
 
 
 def load_dit_module(path: Path, dtype: str = "fp32", device: str = "cpu", modulation_bf16: bool | None = None) -> WanDiT:

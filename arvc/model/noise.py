@@ -97,6 +97,15 @@ def uniform(x: np.ndarray) -> np.ndarray:
     return u
 
 
+def _horner(z: np.ndarray, coeffs: tuple[float, ...]) -> np.ndarray:
+    """c0 z^n + ... + cn, evaluated highest first, one rounding per multiply and per add (as the C side)."""
+    p = np.full_like(z, coeffs[0])
+    for c in coeffs[1:]:
+        p *= z
+        p += c
+    return p
+
+
 def ln(x: np.ndarray) -> np.ndarray:
     """Natural log of positive normal float64s, by the fixed definition above (not numpy's log)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
@@ -110,10 +119,7 @@ def ln(x: np.ndarray) -> np.ndarray:
     f /= m + 1.0
     s = f + f
     z = f * f
-    p = np.full_like(z, LN_COEFFS[0])
-    for c in LN_COEFFS[1:]:
-        p *= z
-        p += c
+    p = _horner(z, LN_COEFFS)
     p *= z
     p *= s
     p += s  # lnm = s + s * (z * p): z * p, then s * that, then s + that
@@ -132,14 +138,7 @@ def sincos2pi(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = t - q
     a *= PIO2
     z = a * a
-    ps = np.full_like(z, SIN_COEFFS[0])
-    for c in SIN_COEFFS[1:]:
-        ps *= z
-        ps += c
-    pc = np.full_like(z, COS_COEFFS[0])
-    for c in COS_COEFFS[1:]:
-        pc *= z
-        pc += c
+    ps, pc = _horner(z, SIN_COEFFS), _horner(z, COS_COEFFS)
     ps *= z
     ps *= a
     sa = a + ps  # a + a * (z * ps)

@@ -13,18 +13,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from arvc.model.cache_geometry import CacheGeometry
+from arvc.model.config import latent_frames_for
 from arvc.model.dit import WanDiT
+from arvc.model.schedule import Schedule
 from arvc.model.vae import WanVAEDecoder
+from arvc.runtime.video import to_uint8_frames
 
 from .causal import CausalGenerator
-from .kv_cache import CacheGeometry
-from .schedule import Schedule
-from .video import to_uint8_frames
-
-
-def latent_frames_for(video_frames: int, temporal_factor: int = 4) -> int:
-    """Latent frames whose decode yields at least ``video_frames`` (first latent -> 1 frame, later -> 4)."""
-    return 1 + math.ceil(max(video_frames - 1, 0) / temporal_factor)
 
 
 @dataclass
