@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx

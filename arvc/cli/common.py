@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-# the format table imports nothing heavy: argparse refuses a bad value before any heavy import or work
-from arvc.quant.format_table import COMPUTE_FORMATS, KV_FORMATS, WEIGHT_FORMATS  # noqa: F401 (the commands' choices)
-
 from .contract import UsageError, rich_console
 
 
@@ -145,3 +142,14 @@ def write_video(batches, output, width: int, height: int, fps: int, total: int, 
             done = writer.frames_written
             bar.update(task, completed=done, fps=done / (time.perf_counter() - t0))
     return writer.frames_written, first or 0.0, time.perf_counter() - t0
+
+
+def print_result(result: dict, as_json: bool, table) -> int:
+    """--json: the result as JSON on stdout (nothing else is printed there); otherwise ``table(result)``."""
+    import json
+
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        table(result)
+    return 0

@@ -5,7 +5,10 @@ import json
 from pathlib import Path
 import sys
 
-from .common import KV_FORMATS, WEIGHT_FORMATS, add_frame_args, add_geometry_args, fill_defaults, geometry, schedule
+# the format table imports nothing heavy: argparse refuses a bad value before any heavy import
+from arvc.quant.format_table import KV_FORMATS, WEIGHT_FORMATS
+
+from .common import add_frame_args, add_geometry_args, fill_defaults, geometry, schedule
 from .contract import UsageError, gate_advice, rerun_command, rich_console
 
 RECIPE_FLAG_DEFAULTS = {"precision": "fp32", "kv_cache": "none", "kv_sink_precision": "same", "activations": "none",

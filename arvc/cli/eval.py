@@ -2,9 +2,9 @@
 (compiler/evaluate.py)."""
 from __future__ import annotations
 
-import json
 import sys
 
+from .common import print_result
 from .contract import UsageError, rich_console
 
 
@@ -47,11 +47,7 @@ def command(args) -> int:
                       backend=args.backend, judge=TinyJudge(), **options)
     if plot:
         result["plot"] = str(plot_drift(result, plot))
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    _print_result(result)
-    return 0
+    return print_result(result, args.json, _print_result)
 
 
 def _print_result(result: dict) -> None:

@@ -2,7 +2,9 @@
 a target GPU, counted without one (compiler/planner.py)."""
 from __future__ import annotations
 
-from .common import COMPUTE_FORMATS, KV_FORMATS, WEIGHT_FORMATS
+# the format table imports nothing heavy: argparse refuses a bad value before any heavy import
+from arvc.quant.format_table import COMPUTE_FORMATS, KV_FORMATS, WEIGHT_FORMATS
+
 from .contract import rich_console
 
 

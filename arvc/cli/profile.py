@@ -1,10 +1,9 @@
 """`arvc profile PLAN`: where a plan's time and memory go, from one recorded stream (runtime/profiler.py)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .common import read_prompt_embeds
+from .common import print_result, read_prompt_embeds
 from .contract import UsageError, rich_console
 
 
@@ -46,11 +45,7 @@ def command(args) -> int:
         report["trace"] = str(chrome_trace(rec, args.trace))
     if args.plot:
         report["plot"] = str(plot_timeline(rec, args.plot, f"{args.plan} ({report['backend']}, {report['precision']})"))
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    _print_report(report)
-    return 0
+    return print_result(report, args.json, _print_report)
 
 
 def _print_report(report: dict) -> None:

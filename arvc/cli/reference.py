@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (COMPUTE_FORMATS, add_frame_args, add_geometry_args, add_stream_args, check_stream_args, fill_defaults, geometry,
-                     plan_backend, schedule, timed, write_video)
+# the format table imports nothing heavy: argparse refuses a bad value before any heavy import
+from arvc.quant.format_table import COMPUTE_FORMATS
+
+from .common import (add_frame_args, add_geometry_args, add_stream_args, check_stream_args, fill_defaults, geometry,
+                    plan_backend, schedule, timed, write_video)
 from .contract import UsageError, rerun_command
 
 HELP = ("stream a video from a checkpoint on the PyTorch reference: no compile, slow; the numerics every plan is "

@@ -6,8 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import (COMPUTE_FORMATS, add_frame_args, add_geometry_args, add_stream_args, check_stream_args, plan_backend,
-                     read_prompt_embeds, timed, write_video)
+# the format table imports nothing heavy: argparse refuses a bad value before any heavy import
+from arvc.quant.format_table import COMPUTE_FORMATS
+
+from .common import (add_frame_args, add_geometry_args, add_stream_args, check_stream_args, plan_backend,
+                    read_prompt_embeds, timed, write_video)
 from .contract import UsageError, recompile_hint, rerun_command
 
 # flags that a plan fixes at compile time (resolution, schedule, geometry, numerics): recognised only to name the

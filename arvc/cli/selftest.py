@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import WEIGHT_FORMATS
+# the format table imports nothing heavy: argparse refuses a bad value before any heavy import
+from arvc.quant.format_table import WEIGHT_FORMATS
+
 from .contract import EXIT_OK, EXIT_PARITY, EXIT_USAGE, UsageError, rich_console
 
 
