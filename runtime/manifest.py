@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -210,6 +211,10 @@ class Manifest:
             if getattr(res, f.name) != getattr(want, f.name):
                 raise ManifestError(f"resolution.{f.name} is {getattr(res, f.name)}, but the model's patch size and the "
                                     f"geometry make it {getattr(want, f.name)}; {RECOMPILE}")
+        for name in self.files:  # stage files must be listed (below), so this covers every file a plan uses
+            if not is_plain_name(name):
+                raise ManifestError(f"files names {json.dumps(name)}, which is not a plain file name of the plan's own "
+                                    f"folder (letters, digits, '.', '_', '-'; no path, no leading '.'); {RECOMPILE}")
         for name, stage in self.stages.items():
             missing = [f for f in stage.files if f not in self.files]
             if missing:
@@ -285,6 +290,14 @@ class Manifest:
 
 
 # -- JSON <-> dataclasses, by the fields' types ------------------------------------------------------------------
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")  # runtime/src/plan.cpp is_plain_name: the same rule
+
+
+def is_plain_name(name: str) -> bool:
+    """A file of the plan's own folder: no separator, no '..', not absolute, not hidden, no NUL (a plan is closed)."""
+    return PLAIN_NAME.fullmatch(name) is not None
+
+
 def _from_schema_1(data: dict) -> dict:
     """A version 1 manifest as version 2 reads it: the stored TensorRT stages dropped (derived at load now)."""
     data = copy.deepcopy(data)

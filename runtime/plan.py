@@ -123,6 +123,9 @@ def read_manifest(plan_dir: str | Path, verify_files: bool = True) -> Manifest:
 def verify_plan_files(plan_dir: Path, manifest: Manifest) -> None:
     for name, entry in sorted(manifest.files.items()):
         path = plan_dir / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):  # a closed plan: its own regular files
+            raise PlanIntegrityError(f"{path}: integrity check failed: not a regular file of the plan (a link, a "
+                                     "folder or a device); a plan holds its files itself, recompile it")
         if not path.is_file():
             raise PlanIntegrityError(f"{path}: integrity check failed: file is missing; recompile the plan")
         if path.stat().st_size != entry.bytes:

@@ -4,6 +4,8 @@ runs it in CI) and through the C API driven by ctypes on a quantized plan with p
 its misuse checks (runtime/tests/test_capi.cpp) pass."""
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from arvc.compiler.compile import CompileOptions, compile_plan
 from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.schedule import Schedule
 from arvc.runtime.capi import CApiError, CSession, load_library
+from arvc.runtime.plan import PlanError, PlanIntegrityError, read_manifest, seal_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle moving right on a dark blue background"
@@ -153,6 +156,42 @@ def test_every_compiled_plan_reads_the_same_in_c_and_python(c_build, tiny_plan, 
 
 
 test_every_compiled_plan_reads_the_same_in_c_and_python.after_every_compile = True
+
+
+def _resealed(plan: Path, where: Path, edit) -> Path:
+    shutil.copytree(plan, where, symlinks=True)
+    m = json.loads((where / "manifest.json").read_text())
+    edit(m)
+    (where / "manifest.json").write_text(seal_manifest(m))
+    return where
+
+
+def _rename_file(m: dict, old: str, new: str) -> None:
+    m["files"] = {new if k == old else k: v for k, v in m["files"].items()}
+    m["stages"]["dit"]["graph"] = new
+
+
+@pytest.mark.parametrize("name", ["../dit.onnx", "/tmp/dit.onnx", "sub/dit.onnx", ".dit.onnx", "dit\x00.onnx", ""])
+def test_a_plan_names_only_its_own_files_in_both_readers(c_build, tiny_plan, tmp_path, name):
+    """A closed plan: a resealed manifest naming a file outside the plan folder (or not a plain name) is refused by
+    the C reader and runtime/manifest.py alike, before any file is opened."""
+    lib = load_library(next(c_build.rglob("libarvc.so")))
+    plan = _resealed(tiny_plan[0], tmp_path / "p", lambda m: _rename_file(m, "dit.onnx", name))
+    with pytest.raises(PlanError, match="not a plain file name"):
+        read_manifest(plan)
+    check_readers_agree(lib, plan)
+
+
+def test_a_stage_reads_only_listed_files_and_no_links(c_build, tiny_plan, tmp_path):
+    lib = load_library(next(c_build.rglob("libarvc.so")))
+    unlisted = _resealed(tiny_plan[0], tmp_path / "unlisted", lambda m: m["stages"]["dit"].update(graph="other.onnx"))
+    check_readers_agree(lib, unlisted)
+    linked = _resealed(tiny_plan[0], tmp_path / "linked", lambda m: None)
+    (linked / "dit.onnx").unlink()
+    (linked / "dit.onnx").symlink_to(tiny_plan[0] / "dit.onnx")  # same bytes, but from outside the plan
+    with pytest.raises(PlanIntegrityError, match="not a regular file of the plan"):
+        read_manifest(linked)
+    check_readers_agree(lib, linked)
 
 
 def test_installed_cmake_package_serves_a_c_program(c_build, tiny_plan, tmp_path):

@@ -49,6 +49,18 @@ const json &need(const json &obj, const char *key, const std::string &where) {
   return *it;
 }
 
+// runtime/manifest.py is_plain_name: a file of the plan's own folder (no separator, no '..', not absolute, not
+// hidden, no NUL), so a plan is closed: nothing outside it is read.
+bool is_plain_name(const std::string &name) {
+  if (name.empty() || name.size() > 255 || name[0] == '.') return false;
+  for (const char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                    c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 // runtime/manifest.py Manifest: the resolution is what the model's patch size and the geometry make it.
 void check_resolution(const Plan &plan, const std::string &mpath) {
   const int tpf = (plan.latent_h / plan.patch[1]) * (plan.latent_w / plan.patch[2]);
@@ -146,10 +158,18 @@ Plan read_plan(const std::string &dir, bool verify_files) {
     fail(ARVC_ERR_INTEGRITY, mpath + ": integrity check failed: manifest.json was modified after compile (its manifest_sha256 does not match); recompile the plan");
 
   try {
+    const json &files = need(m, "files", mpath);
+    for (auto &[name, entry] : files.items())
+      if (!is_plain_name(name))
+        fail(ARVC_ERR_PLAN, mpath + ": files names " + json(name).dump() + ", which is not a plain file name of the plan's own "
+                                    "folder (letters, digits, '.', '_', '-'; no path, no leading '.'); recompile the plan with this arvc");
     if (verify_files) {
-      for (auto &[name, entry] : need(m, "files", mpath).items()) {  // sorted, as Python checks them
+      for (auto &[name, entry] : files.items()) {  // sorted, as Python checks them
         const std::string p = dir + "/" + name;
         struct stat st {};
+        if (lstat(p.c_str(), &st) == 0 && !S_ISREG(st.st_mode))  // a closed plan: its own regular files
+          fail(ARVC_ERR_INTEGRITY, p + ": integrity check failed: not a regular file of the plan (a link, a folder or a device); "
+                                       "a plan holds its files itself, recompile it");
         if (stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
           fail(ARVC_ERR_INTEGRITY, p + ": integrity check failed: file is missing; recompile the plan");
         const auto bytes = entry.at("bytes").get<int64_t>();
@@ -201,11 +221,17 @@ Plan read_plan(const std::string &dir, bool verify_files) {
       plan.text_max_len = te.at("max_len");
     }
     const json &stages = need(m, "stages", mpath);
-    plan.text_graph = plan.path(stages.at("text").at("graph"));
-    plan.dit_graph = plan.path(stages.at("dit").at("graph"));
-    plan.vae_first_graph = plan.path(stages.at("vae").at("graphs").at("first"));
-    plan.vae_graph = plan.path(stages.at("vae").at("graphs").at("steady"));
-    if (stages.contains("text_encoder")) plan.text_encoder_graph = plan.path(stages.at("text_encoder").at("graph"));
+    auto listed = [&](const char *stage, const json &name) {  // a stage reads only files the manifest lists (hashed)
+      const std::string n = name.get<std::string>();
+      if (!files.contains(n))
+        fail(ARVC_ERR_PLAN, mpath + ": stages." + stage + " names " + n + ", which 'files' does not list; recompile the plan with this arvc");
+      return plan.path(n);
+    };
+    plan.text_graph = listed("text", stages.at("text").at("graph"));
+    plan.dit_graph = listed("dit", stages.at("dit").at("graph"));
+    plan.vae_first_graph = listed("vae", stages.at("vae").at("graphs").at("first"));
+    plan.vae_graph = listed("vae", stages.at("vae").at("graphs").at("steady"));
+    if (stages.contains("text_encoder")) plan.text_encoder_graph = listed("text_encoder", stages.at("text_encoder").at("graph"));
     return plan;
   } catch (const json::exception &e) {
     fail(ARVC_ERR_PLAN, mpath + ": a field is missing or has the wrong type (" + e.what() + "); recompile the plan with this arvc");
