@@ -248,8 +248,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, r
 
     layers = [n.rsplit(".weight", 1)[0] for n in quantized]
     dit_w = ExternalWeights(tmp / "dit.safetensors", {layer: recipe.weight_format(layer) for layer in layers})
-    shapes = DitShapes(geom.frames_per_block, latent_hw[0], latent_hw[1], geom.capacity_frames, geom.rope,
-                       recipe.kv_cache, recipe.kv_sink, geom.sink)
+    shapes = DitShapes.of(geom, latent_hw, recipe.kv_cache, recipe.kv_sink)
     save_checked(build_text_graph(cfg, dit_w), tmp / "text.onnx")
     act_table, act_timesteps = (act["layers"], act["timesteps"]) if act else ({}, ())
     save_checked(build_dit_graph(cfg, shapes, dit_w, act_table, act_timesteps,

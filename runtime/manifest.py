@@ -25,7 +25,7 @@ from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import Numerics, WanConfig, WanVAEConfig
 from arvc.model.schedule import Schedule
 from arvc.quant.kv import KVRegion, kv_regions
-from arvc.quant.recipe import RECIPE_VERSION, Recipe
+from arvc.quant.recipe import RECIPE_VERSION, Recipe, act_quant_table
 from arvc.version import __version__
 
 FORMAT = "arvc-plan"
@@ -179,6 +179,12 @@ class PlanRecipe(Recipe):
         """layer -> storage format of every quantized linear."""
         layers = (w.rsplit(".weight", 1)[0] for w in self.quantized_weights)
         return {layer: self.weight_format(layer) for layer in layers}
+
+    def act_quant(self) -> tuple[dict, tuple[float, ...]]:
+        """The plan's activation quantization: layer -> ActQuant, and the calibrated timesteps ({}, () if none)."""
+        if not self.quantized_activations:
+            return {}, ()
+        return act_quant_table(self, self.calibration, list(self.quantized_activations)), self.act_timesteps
 
 
 # -- the manifest --------------------------------------------------------------------------------------------

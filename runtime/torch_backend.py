@@ -22,16 +22,6 @@ from .torch_cache import CacheLayout, make_cache_ops
 from .torch_dit import DTYPES, DitInputs, PlanDiT, fp8_gemm_supported
 
 
-def plan_act_quant(manifest: Manifest) -> tuple[dict, tuple[float, ...]]:
-    """The plan's activation quantization: layer -> ActQuant, and the calibrated timesteps."""
-    from arvc.quant.recipe import act_quant_table
-
-    recipe = manifest.recipe
-    if not recipe.quantized_activations:
-        return {}, ()
-    return act_quant_table(recipe, recipe.calibration, list(recipe.quantized_activations)), recipe.act_timesteps
-
-
 def _vae_module(plan_dir: Path, manifest: Manifest, device, dtype):
     from arvc.checkpoints.safetensors_io import read_safetensors
     from arvc.model.vae import WanVAEDecoder
@@ -72,7 +62,7 @@ class TorchBackend:
         elif fp8_gemm and not fp8_gemm_supported(self.device):
             raise RuntimeError(f"fp8 GEMMs need a CUDA GPU of compute capability 8.9+ (Ada, Hopper, Blackwell); "
                                f"{self._device_name()} has none")
-        act_quant, act_timesteps = plan_act_quant(manifest)
+        act_quant, act_timesteps = manifest.recipe.act_quant()
         tensors, _ = read_safetensors(plan_dir / manifest.stages.dit.weights)
         self.dit = PlanDiT(cfg, tensors, manifest.recipe.weight_formats, act_quant, act_timesteps, self.device,
                            self.dtype, fp8_gemm, manifest.numerics.modulation_bf16)

@@ -68,14 +68,12 @@ def _build(plan_dir: Path, manifest: Manifest, out: Path) -> None:
     from arvc.graphs.lower_dit import DitShapes, build_text_graph
     from arvc.graphs.lower_plugin import build_dit_plugin_graph
     from arvc.graphs.onnx_graph import ExternalWeights
-    from arvc.quant.recipe import act_quant_table
 
-    cfg, geom, r = manifest.model.dit, manifest.geometry, manifest.recipe
-    shapes = DitShapes(geom.frames_per_block, *manifest.latent_hw, geom.capacity_frames, geom.rope, r.kv_cache,
-                       r.kv_sink, geom.sink)
+    cfg, r = manifest.model.dit, manifest.recipe
+    shapes = DitShapes.of(manifest.geometry, manifest.latent_hw, r.kv_cache, r.kv_sink)
     weights = ExternalWeights(plan_dir / manifest.stages.dit.weights, r.weight_formats)
-    act = act_quant_table(r, r.calibration, list(r.quantized_activations)) if r.quantized_activations else {}
-    _save(build_dit_plugin_graph(cfg, shapes, weights, act, r.act_timesteps if act else (),
+    act, act_timesteps = r.act_quant()
+    _save(build_dit_plugin_graph(cfg, shapes, weights, act, act_timesteps,
                                  manifest.numerics.modulation_bf16), out / "dit_trt.onnx")
     _save(build_text_graph(cfg, weights, fp4_weights="qdq"), out / "text_trt.onnx")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import arvc
-from arvc.cli import common, contract, explain_cache, main
+from arvc.cli import contract, explain_cache, main
 from arvc.compiler.selftest import write_random_checkpoint
 from conftest import REPO
 
@@ -214,7 +214,7 @@ def test_every_suggested_command_runs(model_dir, plan, tmp_path, capsys, monkeyp
     # VAE pickle 1, profile 1, existing plan 1, run-time flag 1, checkpoint to run 1, plan to reference 1, nvfp4 gate 3,
     # --force on a non-plan 1
     assert len(ran) == 10
-    assert (junk := tmp_path / "notes" / "notes.txt").read_text() == "x"  # the refused --force left it alone
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "x"  # the refused --force left it alone
 
 
 def test_no_message_suggests_a_placeholder_command():

@@ -22,7 +22,7 @@ from arvc.model.schedule import Schedule
 from arvc.quant.kv import kv_round_trip
 from arvc.runtime.manifest import Manifest
 from arvc.runtime.ort_backend import OrtBackend
-from arvc.runtime.plan import read_manifest
+from arvc.runtime.plan import read_manifest, seal_manifest
 from arvc.runtime.trt_backend import dit_host_feeds
 from arvc.runtime.trt_graphs import derive_trt_graphs, plan_hash
 
@@ -67,12 +67,12 @@ def test_tensorrt_form_is_derived_from_the_plan_once_not_stored(derived, tmp_pat
     assert sorted(p.name for p in graphs.dit.parent.iterdir()) == ["dit_trt.onnx", "text_trt.onnx"]
     stamp = graphs.dit.stat().st_mtime_ns
     assert derive_trt_graphs(plan, read_manifest(plan), cache) == graphs and graphs.dit.stat().st_mtime_ns == stamp
-    # another plan (here: the same one recompiled, another manifest) gets its own folder
+    # another plan (here: the same one compiled at another time: another manifest) gets its own folder
     other = tmp_path / "other.plan"
     shutil.copytree(plan, other)
-    text = (other / "manifest.json").read_text().replace('"seed": 0', '"seed": 0 ')
-    (other / "manifest.json").write_text(text)
-    assert plan_hash(other) != plan_hash(plan)
+    (other / "manifest.json").write_text(seal_manifest({**m, "created": "2030-01-01T00:00:00+00:00"}))
+    again = derive_trt_graphs(other, read_manifest(other), cache)
+    assert again.dit.parent != graphs.dit.parent and again.weights_dir == other.resolve()
 
 
 def test_tensorrt_target_derives_the_plugin_graph(trt_plan):

@@ -46,6 +46,12 @@ class DitShapes:
     kv_sink: str | None = None  # the sink frames' format when it differs from kv_cache (own buffers)
     sink_frames: int = 0
 
+    @classmethod
+    def of(cls, geometry, latent_hw: tuple[int, int], kv_cache: str, kv_sink: str | None) -> "DitShapes":
+        """From a cache geometry (arvc/model/cache_geometry.py) and the plan's latent size and KV formats."""
+        return cls(geometry.frames_per_block, *latent_hw, geometry.capacity_frames, geometry.rope, kv_cache, kv_sink,
+                   geometry.sink)
+
     def tokens_per_frame(self, cfg: WanConfig) -> int:
         return (self.latent_h // cfg.patch_size[1]) * (self.latent_w // cfg.patch_size[2])
 
