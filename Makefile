@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test clean lock
+.PHONY: install demo test fuzz clean lock
 
 install: $(STAMP)
 
@@ -39,6 +39,17 @@ demo: install $(TINY_PLAN)/manifest.json
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Issue 19's long fuzz run (tools/fuzz_plans.py; hours on 2 cores: `nohup make fuzz > out/fuzz.log 2>&1 &`): the C
+# runtime built with AddressSanitizer + UBSan, then the shared plan corpus, 10,000 mutated manifests and 10,000 cases
+# of the other families through both readers. Counts: bench/results/fuzz-DATE.json; findings: out/fuzz-findings/.
+FUZZ_BUILD := build/fuzz
+FUZZ_CASES := corpus,manifest=10000,safetensors=1000,onnx=3500,files=4500,capi=1000
+fuzz: install $(TINY_PLAN)/manifest.json
+	cmake -S runtime -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DARVC_SANITIZE=ON -DPython3_EXECUTABLE=$(abspath $(BIN)/python)
+	cmake --build $(FUZZ_BUILD) -j 2 --target plan_check capi_fuzz
+	$(BIN)/python tools/fuzz_plans.py --plan $(TINY_PLAN) --build $(FUZZ_BUILD) --families $(FUZZ_CASES) \
+	  --findings out/fuzz-findings --results bench/results/fuzz-$$(date +%F).json
 
 clean:
 	rm -rf $(VENV) out build

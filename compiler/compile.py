@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -23,10 +22,12 @@ import torch
 from arvc.version import __version__
 from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.schedule import Schedule
+from arvc.model.stream_inputs import check_seed
 from arvc.quant.format_table import FORMATS, QUANTIZED_FORMATS
 from arvc.quant.recipe import Recipe, default_min_psnr, recipe_for
 from arvc.runtime.manifest import (FileEntry, Manifest, Memory, Model, PlanRecipe, Resolution, Source, Stage, Stages,
                                    Target, TextEncoderSpec, VaeGraphs)
+from arvc.runtime import atomic
 from arvc.runtime.plan import MANIFEST, free_plan_path, seal_manifest, sha256_file
 
 
@@ -118,9 +119,7 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     from arvc.reference.models import load_dit_module, load_vae_module, resolve_checkpoint
 
     shown, output = output, _check_output(checkpoint, output, opts.force)  # before any work: nothing to lose there
-    if opts.min_psnr is not None and math.isnan(opts.min_psnr):
-        raise CompileError("--min-psnr nan: every comparison with NaN is false, so nothing would fail the gate; "
-                           "give the threshold in dB")
+    _check_options(opts)
     try:
         recipe = recipe_for(opts.precision, opts.kv_cache, opts.kv_sink, opts.keep, opts.layer_formats,
                             opts.activations, opts.act_scales)
@@ -128,8 +127,6 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
         raise CompileError(str(e)) from None
     if opts.act_scales == "per-timestep" and recipe.activations != "static":
         raise CompileError("--act-scales per-timestep applies to static activation scales; pass --activations static")
-    if opts.calib_blocks is not None and opts.calib_blocks < 1:
-        raise CompileError(f"--calib-blocks {opts.calib_blocks}: a calibration rollout needs at least one block")
     if opts.sensitivity and recipe.weights not in QUANTIZED_FORMATS:
         raise CompileError(f"--sensitivity sweeps quantized layers; --precision {opts.precision} quantizes none")
     if recipe.kv_sink and not opts.geometry.sink:
@@ -174,9 +171,10 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
     if act is not None:  # layers the sweep kept at full precision keep full-precision inputs too
         act["layers"] = {n: q for n, q in act["layers"].items() if not _is_kept(n, recipe.skip)}
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".compiling"))
-    try:
+    with atomic.write_errors(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = atomic.temp_dir(output, ".compiling")  # removed on any exit, and by the next compile here if killed
+    with atomic.discarded_on_error(tmp), atomic.write_errors(output):
         manifest = _build(tmp, dit, vae, encoder, recipe, opts, resolution, files, step, t0, act, sensitivity)
         t0 = time.perf_counter()
         if opts.verify:
@@ -185,7 +183,7 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
             except ParityGateRefused as refusal:
                 from .gate_advice import measure_way_out
 
-                shutil.rmtree(tmp, ignore_errors=True)  # the refused plan goes before the advice is measured
+                atomic.discard(tmp)  # the refused plan goes before the advice is measured
                 refusal.advice.update(measure_way_out(refusal.advice, dit, vae, encoder, recipe, opts, latent_hw, act,
                                                       output, log))
                 raise
@@ -194,12 +192,35 @@ def compile_plan(checkpoint: str | Path, output: str | Path, opts: CompileOption
             manifest = replace(manifest, verification={"skipped": True, "passed": None, "reason": NOT_VERIFIED})
             log(f"  WARNING: {NOT_VERIFIED}")
         _write_manifest(tmp, manifest)
-        _replace(tmp, output, opts.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic.sync_tree(tmp)
+        with atomic.signals_deferred():  # a swap with an old plan never stops halfway
+            _replace(tmp, output, opts.force)
+        atomic.committed(tmp)
+        atomic.fsync_dir(output.parent)
     log(f"  {'total':<34} {time.perf_counter() - t_all:6.1f} s")
     return manifest
+
+
+# Rollouts the compile runs (parity gate, calibration): a typo of a few digits must not mean days of work
+MAX_ROLLOUT_BLOCKS = 1024
+
+
+def _check_options(opts: CompileOptions) -> None:
+    """The options' ranges (docs/plan-validation.md), before any work: a height of 0 would otherwise fail deep in
+    the graph lowering, a seed of 2^64 be masked. The cache geometry and schedule check their own ranges."""
+    for flag, value, lo, hi in (("--height", opts.height, 1, 8192), ("--width", opts.width, 1, 8192),
+                                ("--fps", opts.fps, 1, 240),
+                                ("--verify-blocks", opts.verify_blocks, 1, MAX_ROLLOUT_BLOCKS),
+                                ("--calib-blocks", opts.calib_blocks, 1, MAX_ROLLOUT_BLOCKS)):
+        if value is not None and not (isinstance(value, int) and lo <= value <= hi):
+            raise CompileError(f"{flag} {value}: give an integer in {lo}..{hi}")
+    try:
+        check_seed(opts.seed)
+    except ValueError as e:
+        raise CompileError(f"--seed: {e}") from None
+    if opts.min_psnr is not None and math.isnan(opts.min_psnr):
+        raise CompileError("--min-psnr nan: every comparison with NaN is false, so nothing would fail the gate; "
+                           "give the threshold in dB")
 
 
 def _write_manifest(plan_dir: Path, manifest: Manifest) -> None:
@@ -442,7 +463,7 @@ def _check_target(out: Path, shown: str, force: bool) -> None:
                             f"{_some(entries)}); {keep}: {other}, or empty it yourself", free)
     if entries:
         try:
-            listed = read_manifest(out, verify_files=False).files
+            listed = read_manifest(out, folder=False).files
         except PlanError as e:
             raise OutputRefused(f"output {shown} holds a {MANIFEST} that does not read as an arvc plan ({e}); arvc "
                                 "deletes only plans it can read: delete it yourself if it is an old plan you no "

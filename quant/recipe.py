@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .activations import ACT_FORMAT_OF_WEIGHTS, ACT_MODES, ACT_SCALES, ActQuant, scale_from_amax
-from .format_table import FLOAT_FORMATS, KV_FORMATS, QUANTIZED_FORMATS
+from .format_table import COMPUTE_FORMATS, FLOAT_FORMATS, KV_FORMATS, QUANTIZED_FORMATS
 
 RECIPE_VERSION = 1
 
@@ -56,6 +56,8 @@ class Recipe:
         known = FLOAT_FORMATS + QUANTIZED_FORMATS
         if self.weights not in known:
             raise ValueError(f"recipe {self.name}: weights {self.weights!r} must be one of {known}")
+        if self.compute not in COMPUTE_FORMATS:
+            raise ValueError(f"recipe {self.name}: compute {self.compute!r} must be one of {COMPUTE_FORMATS}")
         for kv in (self.kv_cache, self.kv_sink or self.kv_cache):
             if kv not in KV_FORMATS:
                 raise ValueError(f"recipe {self.name}: KV-cache format {kv!r} must be one of {KV_FORMATS}")

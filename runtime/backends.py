@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .manifest import Manifest
-
-BACKENDS = ("ort", "torch", "tensorrt")
+from .manifest import BACKENDS, Manifest
 
 
 # The options each backend reads, with their defaults; one given to a backend that would ignore it is refused,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arvc.model.stream_inputs import check_seed
+
 _p = ctypes.c_void_p
 _f32p = ctypes.POINTER(ctypes.c_float)
 _u8p = ctypes.POINTER(ctypes.c_uint8)
@@ -101,6 +103,7 @@ class CSession:
             raise CApiError(status, self.lib.arvc_last_error().decode())
 
     def set_prompt(self, prompt: str | np.ndarray, seed: int) -> None:
+        seed = check_seed(seed)  # ctypes would mask it to 64 bits: refused as Python's own runtime refuses it
         if isinstance(prompt, str):
             self._check(self.lib.arvc_set_prompt(self._s, prompt.encode(), seed))
         else:

@@ -16,15 +16,18 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from arvc.checkpoints import strict_json
 from arvc.model.cache_geometry import CacheGeometry
-from arvc.model.config import Numerics, WanConfig, WanVAEConfig
+from arvc.model.config import Numerics, WanConfig, WanVAEConfig, check_range
 from arvc.model.schedule import Schedule
-from arvc.quant.kv import KVRegion, kv_regions
+from arvc.quant.format_table import COMPUTE_FORMATS, WEIGHT_FORMATS
+from arvc.quant.kv import KVRegion, kv_parts, kv_regions
 from arvc.quant.recipe import RECIPE_VERSION, Recipe, act_quant_table
 from arvc.version import __version__
 
@@ -33,8 +36,16 @@ FORMAT = "arvc-plan"
 # runtime/trt_graphs.py). Version 1 plans load: their stored TensorRT graphs are left unread.
 SCHEMA_VERSION = 2
 RECOMPILE = "recompile the plan with this arvc (arvc compile)"
+CORRUPTED = "the plan is corrupted, recompile it from its checkpoint (arvc compile)"
+MANIFEST = "manifest.json"
 # a key written only when it has a value (the others are always written, null included)
 OPTIONAL_KEY = {"optional_key": True}
+MAX_NESTING = 64  # JSON depth; the manifest object is depth 1
+MAX_CACHE_TOKENS = 2 ** 24  # rows of one layer's K cache
+MAX_FILE_BYTES = 2 ** 53  # what a JSON number holds exactly
+TARGETS = ("cpu", "cuda", "tensorrt")
+BACKENDS = ("ort", "torch", "tensorrt")  # runtime/backends.py opens each
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ManifestError(ValueError):
@@ -60,12 +71,30 @@ class TextEncoderSpec:
     max_len: int
     dim: int
 
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.vocab) <= 1_000_000:
+            raise ValueError(f"vocab must hold 1..1,000,000 words, not {len(self.vocab)}")
+        bad = next((w for w in self.vocab if not w or any(c in " \t\n\v\f\r\0" for c in w)), None)
+        if bad is not None:
+            raise ValueError(f"vocab holds {json.dumps(bad)[:40]}: a word is non-empty, without whitespace or NUL")
+        if len(set(self.vocab)) != len(self.vocab):
+            raise ValueError("vocab holds a word twice: its words are distinct")
+
 
 @dataclass(frozen=True)
 class Model:
     dit: WanConfig
     vae: WanVAEConfig
     text_encoder: TextEncoderSpec | None
+
+    def __post_init__(self) -> None:
+        dit, te = self.dit, self.text_encoder
+        if self.vae.z_dim != dit.in_channels:
+            raise ValueError(f"vae.z_dim {self.vae.z_dim} must equal dit.in_channels {dit.in_channels}")
+        if te and te.max_len != dit.text_len:
+            raise ValueError(f"text_encoder.max_len {te.max_len} must equal dit.text_len {dit.text_len}")
+        if te and te.dim != dit.text_dim:
+            raise ValueError(f"text_encoder.dim {te.dim} must equal dit.text_dim {dit.text_dim}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,13 @@ class Resolution:
     tokens_per_frame: int
     tokens_per_block: int
     cache_tokens: int  # rows of each layer's K (and V) cache: every slot's tokens
+
+    def __post_init__(self) -> None:
+        check_range("height", self.height, 1, 8192)
+        check_range("width", self.width, 1, 8192)
+        check_range("fps", self.fps, 1, 240)
+        check_range("latent_h", self.latent_h, 1, 1024)
+        check_range("latent_w", self.latent_w, 1, 1024)
 
     @classmethod
     def derive(cls, height: int, width: int, fps: int, latent_hw: tuple[int, int], cfg: WanConfig,
@@ -104,10 +140,14 @@ class Stage:
     def __post_init__(self) -> None:
         if (self.graph is None) == (self.graphs is None):
             raise ManifestError(f"a stage has either 'graph' or 'graphs' (the VAE's first / steady); {RECOMPILE}")
+        if self.weights_dtype not in WEIGHT_FORMATS:
+            raise ValueError(f"weights_dtype {self.weights_dtype!r} must be one of {WEIGHT_FORMATS}")
+        if self.compute not in COMPUTE_FORMATS:
+            raise ValueError(f"compute {self.compute!r} must be one of {COMPUTE_FORMATS}")
 
     @property
     def files(self) -> tuple[str, ...]:
-        graphs = (self.graph,) if self.graph else (self.graphs.first, self.graphs.steady)
+        graphs = (self.graph,) if self.graph is not None else (self.graphs.first, self.graphs.steady)
         return (*graphs, self.weights)
 
 
@@ -117,6 +157,12 @@ class Stages:
     dit: Stage
     vae: Stage
     text_encoder: Stage | None = field(default=None, metadata=OPTIONAL_KEY)  # a model with its own encoder
+
+    def __post_init__(self) -> None:
+        for name, stage in self.items():  # the VAE has two graphs (first / steady), every other stage one
+            if (stage.graphs is not None) != (name == "vae"):
+                want = "'graphs' (first / steady)" if name == "vae" else "one 'graph'"
+                raise ManifestError(f"the {name} stage must name {want}; {RECOMPILE}")
 
     def items(self) -> list[tuple[str, Stage]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
@@ -134,6 +180,13 @@ class Memory:
     vae_state_bytes: int  # both state sets
     dit_weight_bytes_per_parameter: float
 
+    def __post_init__(self) -> None:
+        figures = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights_bytes"}
+        figures.update({f"weights_bytes.{k}": v for k, v in self.weights_bytes.items()})
+        negative = next((k for k, v in figures.items() if v is not None and v < 0), None)
+        if negative:
+            raise ValueError(f"{negative} is {figures[negative]}: memory figures are non-negative")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -142,11 +195,22 @@ class Target:
     providers: tuple[str, ...]
     opset: int
 
+    def __post_init__(self) -> None:
+        if self.name not in TARGETS:
+            raise ValueError(f"name {self.name!r} must be one of {TARGETS}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} must be one of {BACKENDS}")
+
 
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
     bytes: int
+
+    def __post_init__(self) -> None:
+        if not SHA256_HEX.fullmatch(self.sha256):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, not {json.dumps(self.sha256)[:70]}")
+        check_range("bytes", self.bytes, 0, MAX_FILE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -211,43 +275,81 @@ class Manifest:
     manifest_sha256: str | None = field(default=None, metadata=OPTIONAL_KEY)  # set by plan.seal_manifest's text
 
     def __post_init__(self) -> None:
-        res = self.resolution
+        self._check_resolution()
+        for region in self.kv_regions():  # a format's rows must suit the heads (nvfp4: 16-value blocks)
+            try:
+                kv_parts(region.format, self.model.dit.dim, self.model.dit.num_heads)
+            except ValueError as e:
+                raise ManifestError(f"recipe.kv_cache: {e}; {RECOMPILE}") from None
+        if (self.stages.text_encoder is None) != (self.model.text_encoder is None):
+            raise ManifestError("stages.text_encoder and model.text_encoder come together (a model with its own "
+                                f"encoder has its stage); {RECOMPILE}")
+        for name in self.files:  # stage files must be listed (below), so this covers every file a plan uses
+            if not is_plain_name(name) or name == MANIFEST:
+                raise ManifestError(f"files names {json.dumps(name)[:300]}, which is not a plain file name of the "
+                                    "plan's own folder (letters, digits, '.', '_', '-'; no path, no leading '.'; not "
+                                    f"{MANIFEST}); {RECOMPILE}")
+        for name, stage in self.stages.items():
+            missing = [f for f in stage.files if f not in self.files]
+            if missing:
+                raise ManifestError(f"stages.{name} names {json.dumps(missing[0])[:300]}, which 'files' does not list; "
+                                    f"{RECOMPILE}")
+
+    def _check_resolution(self) -> None:
+        res, patch, factor = self.resolution, self.model.dit.patch_size, self.model.vae.spatial_factor
+        for side, p in (("latent_h", patch[1]), ("latent_w", patch[2])):
+            if getattr(res, side) % p:
+                raise ManifestError(f"resolution.{side} {getattr(res, side)} is not divisible by the patch size {p}; "
+                                    f"{RECOMPILE}")
+        for side, latent in (("height", "latent_h"), ("width", "latent_w")):
+            if getattr(res, side) != getattr(res, latent) * factor:
+                raise ManifestError(f"resolution.{side} is {getattr(res, side)}, but resolution.{latent} "
+                                    f"{getattr(res, latent)} and the VAE's upsampling ({factor}x) make it "
+                                    f"{getattr(res, latent) * factor}; {RECOMPILE}")
         want = Resolution.derive(res.height, res.width, res.fps, self.latent_hw, self.model.dit, self.geometry)
         for f in fields(res):
             if getattr(res, f.name) != getattr(want, f.name):
                 raise ManifestError(f"resolution.{f.name} is {getattr(res, f.name)}, but the model's patch size and the "
                                     f"geometry make it {getattr(want, f.name)}; {RECOMPILE}")
-        for name in self.files:  # stage files must be listed (below), so this covers every file a plan uses
-            if not is_plain_name(name):
-                raise ManifestError(f"files names {json.dumps(name)}, which is not a plain file name of the plan's own "
-                                    f"folder (letters, digits, '.', '_', '-'; no path, no leading '.'); {RECOMPILE}")
-        for name, stage in self.stages.items():
-            missing = [f for f in stage.files if f not in self.files]
-            if missing:
-                raise ManifestError(f"stages.{name} names {missing[0]}, which 'files' does not list; {RECOMPILE}")
+        if res.cache_tokens > MAX_CACHE_TOKENS:
+            raise ManifestError(f"resolution.cache_tokens {res.cache_tokens} is past {MAX_CACHE_TOKENS} (2^24) rows "
+                                "per layer; lower the resolution or the window and recompile")
 
     # -- reading and writing
     @staticmethod
     def check_header(data: Any) -> None:
         """The checks that come before any other: format, then schema_version (a newer plan is never half-read)."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict):
+            raise ManifestError(f"not an arvc plan manifest (a manifest is a JSON object with format {FORMAT!r})")
+        if data.get("format") != FORMAT:
             raise ManifestError(f"not an arvc plan manifest (format must be {FORMAT!r})")
-        version = data.get("schema_version")
-        if not _is_int(version):
+        if "schema_version" not in data:
             raise ManifestIntegrityError("integrity check failed: schema_version is missing; recompile the plan")
+        version = data["schema_version"]
+        if not _is_int(version) or version < 1:
+            raise _wrong("schema_version", f"an integer in 1..{SCHEMA_VERSION}", version)
         if version > SCHEMA_VERSION:
-            raise ManifestError(f"plan schema version {version} is newer than this arvc reads (up to {SCHEMA_VERSION}, "
-                                f"arvc {__version__}); upgrade arvc, or recompile the plan with this arvc")
+            raise ManifestError(f"plan schema version {version} is newer than this arvc reads (schema_version up to "
+                                f"{SCHEMA_VERSION}, arvc {__version__}); upgrade arvc, or recompile the plan with this "
+                                "arvc")
+
+    @staticmethod
+    def parse(text: str | bytes) -> Any:
+        """manifest.json's text -> its JSON value: UTF-8, nested at most MAX_NESTING deep, finite numbers only."""
+        try:
+            text = text.decode("utf-8") if isinstance(text, bytes) else text
+        except UnicodeDecodeError as e:
+            raise ManifestIntegrityError(f"integrity check failed: not valid JSON ({e}); {CORRUPTED}") from None
+        try:
+            return strict_json.loads(text, MAX_NESTING)
+        except ValueError as e:
+            raise ManifestIntegrityError(f"integrity check failed: {e}; {CORRUPTED}") from None
 
     @classmethod
     def from_json(cls, data: dict | str | bytes) -> Manifest:
         """manifest.json's text, or the object it parses to -> Manifest; ManifestError names what is wrong."""
         if isinstance(data, (str, bytes)):
-            try:
-                data = json.loads(data)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ManifestIntegrityError(f"integrity check failed: not valid JSON ({e}); the plan is corrupted, "
-                                             "recompile it from its checkpoint (arvc compile)") from None
+            data = cls.parse(data)
         cls.check_header(data)
         if data["schema_version"] == 1:
             data = _from_schema_1(data)
@@ -317,7 +419,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-_SCALARS = {int: ("an integer", _is_int), float: ("a number", lambda v: _is_int(v) or isinstance(v, float)),
+_SCALARS = {int: ("an integer", _is_int),
+            float: ("a finite number", lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v))),
             str: ("a string", lambda v: isinstance(v, str)), bool: ("true or false", lambda v: isinstance(v, bool))}
 
 
@@ -390,9 +493,17 @@ def _read_dataclass(cls: type, value: Any, where: str) -> Any:
     try:
         return cls(**kwargs)
     except ManifestError as e:
-        raise ManifestError(f"{where}: {e}" if where else str(e)) from None
+        raise ManifestError(_in_section(cls, where, str(e))) from None
     except ValueError as e:  # the section's own checks (WanConfig, CacheGeometry, Recipe, ...)
-        raise ManifestError(f"{where or 'the manifest'}: {e}; {RECOMPILE}") from None
+        raise ManifestError(f"{_in_section(cls, where or 'the manifest', str(e))}; {RECOMPILE}") from None
+
+
+def _in_section(cls: type, where: str, message: str) -> str:
+    """A section's message, named from the top: a message that starts with one of its fields gets its path."""
+    if not where:
+        return message
+    head = message.split(" ", 1)[0].split(".", 1)[0]
+    return f"{where}.{message}" if head in {f.name for f in fields(cls)} else f"{where}: {message}"
 
 
 def json_of(value: Any) -> Any:

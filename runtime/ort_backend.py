@@ -17,6 +17,9 @@ import numpy as np
 from arvc.quant.kv import kv_parts
 
 from .manifest import Manifest
+from .plan import PlanIntegrityError
+
+_REASON_CHARS = 400  # of ORT's message, which can run over many lines and name every node
 
 
 def physical_cores() -> int:
@@ -30,6 +33,7 @@ def physical_cores() -> int:
 
 def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = False):
     import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as errors
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -41,7 +45,18 @@ def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = F
     so.log_severity_level = 3
     if exact_qdq:  # ORT otherwise fuses int8 Q/DQ into its integer kernels, whose rounding differs slightly
         so.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(str(path), so, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    # what ORT raises for a graph it cannot load: its own classes, none of them a RuntimeError
+    except (errors.Fail, errors.InvalidArgument, errors.InvalidGraph, errors.InvalidProtobuf, errors.NoSuchFile,
+            errors.NotImplemented, errors.RuntimeException) as e:
+        reason = " ".join(str(e).split())
+        if len(reason) > _REASON_CHARS:
+            reason = reason[:_REASON_CHARS] + "..."
+        # exit 4 in both runtimes (runtime/src/stream.cpp): the files passed their hashes, so the plan itself is bad
+        raise PlanIntegrityError(f"{path}: integrity check failed: ONNX Runtime cannot load this graph of the plan "
+                                 f"({type(e).__name__}: {reason}); the plan is damaged, was not written by arvc compile, "
+                                 "or needs a newer ONNX Runtime: recompile it with this arvc") from None
 
 
 def _zeros_value(shape, dtype=np.float32):

@@ -26,6 +26,8 @@ from arvc.model.causal import CausalLoop
 from arvc.model.config import WanConfig, latent_frames_for
 from arvc.model.rope import rope_angles
 from arvc.model.schedule import Schedule
+from arvc.model.stream_inputs import (check_frames, check_seconds, check_seed, check_switch_time, check_threads,
+                                      prompt_words)
 
 from .backends import open_backend
 from .plan import read_manifest
@@ -143,6 +145,8 @@ class PlanSession:
         the plan's compile target); backend_options: runtime/backends.open_backend's (device, dtype,
         cache_ops, cuda_graph)."""
         self.plan_dir = Path(plan_dir)
+        if threads is not None:
+            check_threads(threads)
         self.manifest = m = read_manifest(self.plan_dir, verify_files=verify)
         self.cfg, self.geometry, self.schedule = m.model.dit, m.geometry, m.schedule
         self.height, self.width, self.fps = m.resolution.height, m.resolution.width, m.resolution.fps
@@ -166,15 +170,7 @@ class PlanSession:
             if self.vocab is None:
                 raise ValueError("this plan has no text encoder: pass prompt embeddings [L, "
                                  f"{cfg.text_dim}] (e.g. umT5 output) instead of text")
-            words = prompt.lower().split()
-            if not words:
-                raise ValueError("empty prompt")
-            unknown = [w for w in words if w not in self.vocab]
-            if unknown:
-                raise ValueError(f"unknown word(s) {unknown} in prompt {prompt!r}; this model's vocabulary is: "
-                                 f"{' '.join(self.vocab)}")
-            if len(words) > self.text_max_len:
-                raise ValueError(f"prompt has {len(words)} words; this model's text encoder takes at most {self.text_max_len}")
+            words = prompt_words(prompt, self.vocab, self.text_max_len)
             ids = np.zeros(self.text_max_len, np.int64)
             ids[: len(words)] = [self.vocab[w] for w in words]
             emb = self.backend.encode_text(ids, len(words))[0]
@@ -209,8 +205,14 @@ class PlanSession:
 
     def block_for_time(self, seconds: float) -> int:
         """The block before which a switch at ``seconds`` applies (the first one starting at or after it)."""
-        b = 0
-        while self.frames_before_block(b) < seconds * self.fps:
+        frame = seconds * self.fps
+        if not math.isfinite(frame):
+            raise ValueError(f"a prompt switch at {seconds} s has no block; give a finite time")
+        # frames_before_block(b) = 1 + tf * (b * fpb - 1) for b >= 1: start one block early and step, so that the
+        # float estimate never decides the block and a far switch costs no loop over every block before it
+        tf, fpb = self.temporal_factor, self.geometry.frames_per_block
+        b = max(0, math.floor(((frame - 1) / tf + 1) / fpb) - 1)
+        while self.frames_before_block(b) < frame:
             b += 1
         return b
 
@@ -228,13 +230,17 @@ class PlanSession:
         """Yield the video's frames in order as they are decoded: uint8 [H, W, 3] (or float [3, H, W] in
         [-1, 1] with raw=True). ``switches``: (seconds, prompt) pairs applied at block boundaries."""
         if frames is None:
-            if seconds is None or seconds <= 0:
-                raise ValueError("give the video length as seconds > 0 (or frames=)")
-            frames = round(seconds * self.fps)
-        if frames < 1:
-            raise ValueError(f"a video needs at least one frame; got {frames}")
+            if seconds is None:
+                raise ValueError("give the video length as seconds (or frames=)")
+            frames = round(check_seconds(seconds) * self.fps)
+            if frames < 1:
+                raise ValueError(f"{seconds:g} s at {self.fps} fps is less than one frame; give a longer video")
+        frames = check_frames(frames, self.fps)
+        seed = check_seed(seed)
         first = self.context_for(prompt)
-        scheduled = sorted(((self.block_for_time(s), self.context_for(p)) for s, p in switches), key=lambda x: x[0])
+        length_s = frames / self.fps
+        scheduled = sorted(((self.block_for_time(check_switch_time(s, length_s)), self.context_for(p))
+                            for s, p in switches), key=lambda x: x[0])
         return self._pipeline(first, scheduled, frames, seed, raw)
 
     def _pipeline(self, first_ctx, scheduled, total_frames, seed, raw):

@@ -1,15 +1,17 @@
-"""MP4 (H.264) output through PyAV, written atomically: frames go to a temporary file beside the
-target, which replaces the target only when the stream closes cleanly."""
+"""MP4 (H.264) output through PyAV, written atomically: frames go to a temporary file beside the target
+(runtime/atomic.py: a unique name, removed on any exit), which replaces the target only when the stream
+closes cleanly and is on disk. A write error (full disk, file size limit, I/O error) is a WriteError naming the
+output; the target is then untouched."""
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from arvc.checkpoints.safetensors_io import default_file_mode
+from . import atomic
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
@@ -30,11 +32,18 @@ class Mp4Writer:
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise ValueError(f"output {self.path} must end in .mp4")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4.part", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        if self.path.is_dir():  # refused now, not after the whole video is generated
+            raise atomic.WriteError(errno.EISDIR, f"{self.path}: cannot write: it is a directory; choose another -o")
+        with atomic.write_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = atomic.temp_file(self.path, ".mp4.part")
+        self._file = os.fdopen(fd, "wb")  # PyAV writes through it: the name is never opened again
+        try:
+            self._container = av.open(self._file, mode="w", format="mp4")
+        except BaseException:
+            self._file.close()
+            atomic.discard(self._tmp)
+            raise
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
@@ -44,25 +53,37 @@ class Mp4Writer:
 
     def write(self, frames: np.ndarray) -> None:
         """frames: uint8 [N, H, W, 3]."""
-        for arr in frames:
-            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
-            self.frames_written += 1
+        with atomic.write_errors(self.path):
+            for arr in frames:
+                frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                self.frames_written += 1
 
     def close(self) -> Path:
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        os.chmod(self._tmp, default_file_mode())  # mkstemp creates 0600
-        os.replace(self._tmp, self.path)
+        try:
+            with atomic.write_errors(self.path):
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+                self._container.close()
+                self._file.close()  # flushes: a write error surfaces here, before the rename
+                atomic.commit_file(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
         try:
             self._container.close()
+        except Exception:  # noqa: BLE001 - the error being handled is the one to report
+            pass
         finally:
-            self._tmp.unlink(missing_ok=True)
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the same: its flush fails on the full disk that made the writer abort
+            atomic.discard(self._tmp)
 
     def __enter__(self) -> "Mp4Writer":
         return self

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,19 @@ def tiny_plan(tmp_path_factory):
     opts = CompileOptions(CacheGeometry(3, 12, 3, 21, "relative"), Schedule((1000.0, 900.0, 750.0, 500.0)), 128, 128)
     manifest = compile_plan(REPO / "models" / "tiny", out, opts, log=lambda _m: None)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def c_build(tmp_path_factory, tiny_plan):
+    """The C runtime built once per test session, with the tiny plan as ctest's test plan."""
+    build = tmp_path_factory.mktemp("c_runtime")
+    for cmd in (["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DARVC_CUDA=OFF",
+                 f"-DARVC_TEST_PLAN={tiny_plan[0]}", f"-DPython3_EXECUTABLE={sys.executable}"],
+                ["cmake", "--build", str(build), "-j", "2", "--target", "arvc", "arvc_stream", "test_capi",
+                 "test_c_header", "arvc_kernels", "plan_check"]):  # what `cmake --install` installs, and plan_check
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, f"{' '.join(cmd)}:\n{(r.stdout + r.stderr)[-4000:]}"
+    return build
 
 
 # A small random checkpoint for quantization tests: the one `arvc selftest` builds.

@@ -6,14 +6,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import onnx
-import pytest
 
 from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.config import Numerics, WanConfig, WanVAEConfig
 from arvc.model.schedule import Schedule
 from arvc.quant.kv import kv_parts
 from arvc.runtime.manifest import (FileEntry, Manifest, Memory, Model, PlanRecipe, Resolution, Source, Stage, Stages,
-                                   Target, VaeGraphs)
+                                   Target, TextEncoderSpec, VaeGraphs)
 from arvc.runtime.plan import MANIFEST, PlanError, PlanIntegrityError, read_manifest, seal_manifest
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=8, freq_dim=32)
@@ -32,7 +31,9 @@ def sample_manifest(stages: tuple[str, ...] = (), **recipe) -> Manifest:
     files = {f: FileEntry("0" * 64, 1) for s in [*graphs.values(), vae] for f in s.files}
     return Manifest(
         arvc_version="0", created="2026-01-01T00:00:00+00:00", source=Source("ckpt/model.safetensors", "0" * 64),
-        model=Model(CFG, WanVAEConfig(base_dim=4), None), numerics=Numerics(), schedule=Schedule((1000.0, 500.0)),
+        model=Model(CFG, WanVAEConfig(base_dim=4),
+                    TextEncoderSpec(("a", "b"), CFG.text_len, CFG.text_dim) if "text_encoder" in stages else None),
+        numerics=Numerics(), schedule=Schedule((1000.0, 500.0)),
         geometry=GEOMETRY, resolution=Resolution.derive(32, 32, 16, (4, 4), CFG, GEOMETRY), precision=recipe.name,
         recipe=recipe, stages=Stages(**graphs, vae=vae),
         memory=Memory(kv_cache_bytes=0, kv_bytes_per_cached_token=0, kv_bytes_per_sink_token=0, kv_bytes_vs_fp16=1.0,
@@ -60,19 +61,32 @@ def c_view(manifest: Manifest, plan_dir) -> dict:
     }
 
 
+def c_refusal(lib, plan: Path):
+    """The C runtime's refusal of a plan (CApiError), or None: arvc_plan_describe, then arvc_open, which also checks
+    the graphs against the manifest (docs/plan-validation.md step 7, as Python's read_manifest does)."""
+    from arvc.runtime.capi import CApiError, CSession, describe_plan
+
+    try:
+        describe_plan(lib, plan)
+        CSession(lib, plan, threads=1).close()
+    except CApiError as e:
+        return e
+    return None
+
+
 def check_readers_agree(lib, plan: Path) -> None:
     """The C reader and runtime/manifest.py accept the same plan (or refuse it alike: a plan a test broke on
     purpose) and read the same fields and cache layout, which dit.onnx's cache inputs have too; the
     manifest round-trips through Manifest byte for byte."""
-    from arvc.runtime.capi import CApiError, describe_plan
+    from arvc.runtime.capi import describe_plan
 
     try:
         manifest = read_manifest(plan)
     except PlanError as e:
-        with pytest.raises(CApiError) as refused:
-            describe_plan(lib, plan)
-        assert refused.value.status == (ARVC_ERR_INTEGRITY if isinstance(e, PlanIntegrityError) else ARVC_ERR_PLAN), \
-            f"{plan}: Python refuses it ({e}), C says {refused.value}"
+        refused = c_refusal(lib, plan)
+        assert refused is not None, f"{plan}: Python refuses it ({e}), C opens it"
+        assert refused.status == (ARVC_ERR_INTEGRITY if isinstance(e, PlanIntegrityError) else ARVC_ERR_PLAN), \
+            f"{plan}: Python refuses it ({e}), C says {refused}"
         return
     assert seal_manifest(manifest.to_json()) == (plan / MANIFEST).read_text(), plan
     assert describe_plan(lib, plan) == c_view(manifest, plan), plan

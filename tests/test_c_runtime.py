@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,6 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert r.returncode == 0, f"{' '.join(map(str, cmd))}:\n{(r.stdout + r.stderr)[-4000:]}"
     return r
-
-
-@pytest.fixture(scope="session")
-def c_build(tmp_path_factory, tiny_plan):
-    """The C runtime built once per test session, with the tiny plan as ctest's test plan."""
-    build = tmp_path_factory.mktemp("c_runtime")
-    _run(["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DARVC_CUDA=OFF",
-          f"-DARVC_TEST_PLAN={tiny_plan[0]}", f"-DPython3_EXECUTABLE={sys.executable}"])
-    _run(["cmake", "--build", str(build), "-j", "2", "--target", "arvc", "arvc_stream", "test_capi", "test_c_header",
-          "arvc_kernels"])  # everything `cmake --install` installs
-    return build
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from arvc.checkpoints.dit_names import to_diffusers_names, to_original_names
 from arvc.checkpoints.infer import infer_wan_config
 from arvc.checkpoints.load import describe_checkpoint, load_dit
 from arvc.checkpoints.state_dicts import save_dit
-from arvc.checkpoints.safetensors_io import (CheckpointError, read_safetensors,
+from arvc.checkpoints.safetensors_io import (CheckpointError, read_safetensors, read_safetensors_header,
                                              write_safetensors_atomic)
 from arvc.model.config import WAN_PRESETS, WanConfig
 from arvc.model.dit import WanDiT, init_random_weights_
@@ -312,7 +312,7 @@ def test_invalid_header_json(tmp_path):
     bad = tmp_path / "hdr.safetensors"
     header = b'{"a": {"dtype": "F32", "shape": [1], '  # cut JSON
     bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
-    with pytest.raises(CheckpointError, match="header is not valid JSON") as e:
+    with pytest.raises(CheckpointError, match=r"invalid safetensors header \(\d+ bytes\): not valid JSON") as e:
         load_dit(bad)
     assert str(bad) in str(e.value)
 
@@ -409,3 +409,38 @@ def test_load_vae_drops_encoder_and_validates(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_vae(path)
     assert str(path) in str(e.value) and victim in str(e.value)
+
+
+def _with_header(path: Path, header: bytes, data: bytes = b"\0" * 16) -> Path:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+@pytest.mark.parametrize("header, message", [
+    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested 100001 deep"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [null, null]}}', r"'a' has data_offsets \[None, None\]"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}', "has data_offsets"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}', "begin <= end"),
+    (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}', r"spans 4 bytes, but F32 \[2\] takes 8"),
+    (b'{"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}', "has dtype 'F33'"),
+    (b'{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', "not a list of non-negative integers"),
+    (b'{"a": {"dtype": "F32", "shape": [true], "data_offsets": [0, 1]}}', "not a list of non-negative integers"),
+    (b'{"a": {"dtype": "F32", "shape": [1]}}', "lacks dtype/shape/data_offsets"),
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+     b'"b": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]}}', "'a' and 'b' overlap"),
+    (b'{"a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}', "truncated safetensors file"),
+    (b'{"a": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}', "not valid JSON"),
+])
+def test_a_malformed_header_is_a_checkpoint_error_naming_the_problem(tmp_path, header, message):
+    """Headers are untrusted input: each of these was a traceback (RecursionError, TypeError) or went unnoticed."""
+    path = _with_header(tmp_path / "bad.safetensors", header)
+    with pytest.raises(CheckpointError, match=message) as e:
+        describe_checkpoint(path)
+    assert str(path) in str(e.value) and ("re-download" in str(e.value) or "fetch the file again" in str(e.value))
+
+
+def test_a_sound_header_with_a_gap_between_tensors_reads(tmp_path):
+    header = (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+              b'"b": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [8, 16]}}')
+    entries, _ = read_safetensors_header(_with_header(tmp_path / "ok.safetensors", header))
+    assert entries["b"] == {"dtype": "BF16", "shape": [2, 2], "data_offsets": [8, 16]}

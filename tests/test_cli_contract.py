@@ -60,7 +60,7 @@ def test_exit_0_success(capsys):
     (["compile", "{t}/missing", "-o", "{t}/x.plan"], "missing"),
     (["compile", "{m}", "-o", "{t}/x.plan", "--recipe", "{t}/no.json"], "no such file"),
     (["run", "{p}", "--prompt-embeds", "{m}/../prompt.safetensors", "--seconds", "0", "-o", "{t}/v.mp4"],
-     "--seconds must be > 0"),
+     "argument --seconds: a video length of 0 s is out of range: give 0 < seconds <= 86400"),
     (["run", "{p}", "--prompt-embeds", "{m}/../prompt.safetensors", "--device", "cuda", "-o", "{t}/v.mp4"],
      "apply to the torch backend"),
     (["run", "{m}", "--prompt-embeds", "{m}/../prompt.safetensors", "-o", "{t}/v.mp4"],

@@ -9,7 +9,7 @@ target path never holds a half-written file (an interrupted compile leaves the o
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import struct
 import tempfile
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from . import strict_json
 
 # The safetensors library refuses headers above 100 MB; a larger length field means garbage.
 _MAX_HEADER_BYTES = 100_000_000
@@ -27,6 +29,10 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+# bytes per element of every dtype a header may name (the safetensors library's whole-byte ones)
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+               "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "C64": 8}
+_MAX_HEADER_NESTING = 8  # a header is {name: {"shape": [...]}}: 3 deep
 
 
 class CheckpointError(ValueError):
@@ -100,12 +106,10 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict[str
         f.seek(8)
         raw = f.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"{path}: invalid safetensors header: the {header_len}-byte header is not valid JSON "
-            f"({e}). The file is corrupt or not a safetensors file; re-create or re-download it."
-        ) from None
+        header = strict_json.loads(raw.decode("utf-8"), _MAX_HEADER_NESTING)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid safetensors header ({header_len} bytes): {e}. The file is corrupt or "
+                              "not a safetensors file; re-create or re-download it.") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: invalid safetensors header: expected a JSON object, "
                               f"found {type(header).__name__}; the file is corrupt.")
@@ -116,22 +120,44 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict[str
                               "strings to strings; the file is corrupt.")
 
     data_bytes = size - 8 - header_len
-    needed = 0
-    for name, entry in header.items():
-        ok = (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
-              and isinstance(entry.get("shape"), list)
-              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2)
-        if not ok:
-            raise CheckpointError(f"{path}: invalid safetensors header: entry {name!r} lacks "
-                                  "dtype/shape/data_offsets; the file is corrupt.")
-        needed = max(needed, int(entry["data_offsets"][1]))
+    spans = sorted((_tensor_span(path, name, entry), name) for name, entry in header.items())
+    needed = spans[-1][0][1] if spans else 0
     if needed > data_bytes:
         raise CheckpointError(
             f"{path}: truncated safetensors file: the header declares {needed} bytes of tensor "
             f"data but only {data_bytes} follow it ({size} bytes in total). The download or copy "
             "was cut short; fetch the file again."
         )
+    for ((_, end), before), ((begin, _), name) in zip(spans, spans[1:]):
+        if begin < end:
+            raise CheckpointError(f"{path}: invalid safetensors header: tensors {before!r} and {name!r} overlap "
+                                  f"(data_offsets); the file is corrupt, re-create or re-download it.")
     return header, dict(metadata)
+
+
+def _tensor_span(path: Path, name: str, entry: Any) -> tuple[int, int]:
+    """(begin, end) of one tensor's bytes, once its dtype, shape and data_offsets agree."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: invalid safetensors header: tensor {name[:100]!r} {why}; the file is "
+                               "corrupt, re-create or re-download it.")
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= entry.keys()):
+        raise bad("lacks dtype/shape/data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise bad(f"has dtype {str(dtype)[:20]!r}, not one of {', '.join(DTYPE_BYTES)}")
+    if not (isinstance(shape, list) and all(count(d) for d in shape)):
+        raise bad(f"has shape {str(shape)[:60]}, not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise bad(f"has data_offsets {str(offsets)[:60]}, not [begin, end] byte offsets with begin <= end")
+    nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+        raise bad(f"spans {offsets[1] - offsets[0]} bytes, but {dtype} {shape} takes {nbytes}")
+    return offsets[0], offsets[1]
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -4,6 +4,11 @@ progress bar. Nothing heavy is imported here: `arvc --help` stays fast."""
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from arvc.model.stream_inputs import (check_fps, check_seconds, check_seed, check_switch_time, check_threads,
+                                      shortened)
 
 from .contract import UsageError, rich_console
 
@@ -11,6 +16,26 @@ from .contract import UsageError, rich_console
 # Built-in run defaults; a model directory's model.json overrides them, explicit flags override both.
 RUN_DEFAULTS = {"height": 480, "width": 832, "fps": 16, "frames_per_block": 3, "window": 12, "sink": 3,
                 "max_frames": 21, "rope": "absolute", "shift": 5.0, "steps": 4, "timesteps": None}
+
+
+def _flag_type(check, parse=int):
+    """An argparse type: the flag's text parsed, then checked by arvc.model.stream_inputs, so that argparse refuses
+    a bad value (naming the flag) before anything loads."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{shortened(text)} is not {'an integer' if parse is int else 'a number'}"
+                                             ) from None
+        try:
+            return check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+SEED, THREADS, SECONDS, FPS = (_flag_type(check_seed), _flag_type(check_threads), _flag_type(check_seconds, float),
+                               _flag_type(check_fps))
 
 
 def _hidden(help_text: str, hidden: bool) -> str:
@@ -45,18 +70,44 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
                    help="prompt text (models with a text encoder); repeat with @SECONDS to switch mid-stream")
     p.add_argument("--prompt-embeds", action="append", metavar="FILE[@SECONDS]",
                    help="[L, text_dim] prompt embeddings; repeat with @SECONDS to switch prompts mid-stream")
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seconds", type=SECONDS, default=5.0, help="video length, at most 86400 (default 5)")
+    p.add_argument("--seed", type=SEED, default=0, help="noise seed, 0..2^64-1 (default 0)")
     p.add_argument("-o", "--output", required=True, help="output .mp4")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def check_stream_args(args) -> None:
-    if args.seconds <= 0:
-        raise UsageError("--seconds must be > 0")
+def check_stream_args(args) -> list[tuple[float, str]]:
+    """Refuses bad stream flags before any work; -> the --prompt texts (or --prompt-embeds files) with their
+    start times."""
     if bool(args.prompt) == bool(args.prompt_embeds):
         raise UsageError("give prompts either as --prompt TEXT or as --prompt-embeds FILE (one of them)")
+    check_video_output(args.output)
+    if args.prompt_embeds:
+        return timed(args.prompt_embeds, "--prompt-embeds", args.seconds)
+    return timed(args.prompt, "--prompt", args.seconds)
+
+
+def check_video_output(output: str) -> None:
+    """Refuses an -o the video cannot be written to before any work, not after generating the whole video: a
+    directory, another format, a place this process cannot create a file in (tried: a read-only filesystem or
+    directory, whatever the process's rights)."""
+    from arvc.runtime import atomic
+
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"-o {output} is a directory; give the video's file name (e.g. -o {path / 'video.mp4'})")
+    if path.suffix.lower() != ".mp4":
+        raise UsageError(f"-o {output}: the video is written as MP4; give a name ending in .mp4")
+    place = next(p for p in path.absolute().parents if p.exists())  # the writer makes the folders below it
+    if not place.is_dir():
+        raise UsageError(f"-o {output}: {place} is not a directory")
+    try:
+        fd, probe = atomic.temp_file(place / path.name, ".probe")
+    except OSError as e:
+        raise UsageError(f"-o {output}: cannot create a file in {place} ({e.strerror}); choose a writable -o") from None
+    os.close(fd)
+    atomic.discard(probe)
 
 
 def fill_defaults(args, model_defaults: dict | None = None) -> None:
@@ -70,6 +121,17 @@ def fill_defaults(args, model_defaults: dict | None = None) -> None:
     for key, value in RUN_DEFAULTS.items():
         if getattr(args, key, None) is None and hasattr(args, key):
             setattr(args, key, md.get(key, value))
+
+
+def check_resolution(args) -> None:
+    """--height, --width and --fps (flags or model.json) in the ranges a plan takes (docs/plan-validation.md), and
+    at least one frame of video."""
+    for flag, value, lo, hi in (("--height", args.height, 1, 8192), ("--width", args.width, 1, 8192),
+                                ("--fps", args.fps, 1, 240)):
+        if not lo <= value <= hi:
+            raise UsageError(f"{flag} {value}: give {lo}..{hi}")
+    if round(args.seconds * args.fps) < 1:
+        raise UsageError(f"--seconds {args.seconds:g} at {args.fps} fps is less than one frame; give a longer video")
 
 
 def geometry(args):
@@ -87,15 +149,23 @@ def schedule(args):
     return Schedule.from_shift(args.shift, args.steps)
 
 
-def timed(specs: list[str], flag: str) -> list[tuple[float, str]]:
-    """'VALUE' or 'VALUE@SECONDS' -> [(start_seconds, value)], sorted; the first must start at 0."""
+def timed(specs: list[str], flag: str, seconds: float) -> list[tuple[float, str]]:
+    """'VALUE' or 'VALUE@SECONDS' -> [(start_seconds, value)], sorted; the first must start at 0, each switch
+    within the ``seconds`` of video."""
     out = []
     for spec in specs:
         value, sep, at = spec.rpartition("@")
         try:
-            out.append((float(at), value) if sep else (0.0, spec))
+            start = float(at) if sep else None
         except ValueError:
-            out.append((0.0, spec))  # an '@' that is part of the value
+            start = None  # an '@' that is part of the value
+        if start is None:
+            out.append((0.0, spec))
+            continue
+        try:
+            out.append((check_switch_time(start, seconds), value))
+        except ValueError as e:
+            raise UsageError(f"{flag} {shortened(spec, 60)}: {e}") from None
     out.sort(key=lambda item: item[0])
     if out[0][0] != 0:
         raise UsageError(f"the first {flag} must start at 0 seconds")

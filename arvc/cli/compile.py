@@ -8,7 +8,7 @@ import sys
 # the format table imports nothing heavy: argparse refuses a bad value before any heavy import
 from arvc.quant.format_table import KV_FORMATS, WEIGHT_FORMATS
 
-from .common import add_frame_args, add_geometry_args, fill_defaults, geometry, schedule
+from .common import SEED, add_frame_args, add_geometry_args, fill_defaults, geometry, schedule
 from .contract import UsageError, gate_advice, rerun_command, rich_console
 
 RECIPE_FLAG_DEFAULTS = {"precision": "fp32", "kv_cache": "none", "kv_sink_precision": "same", "activations": "none",
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
     c.add_argument("--no-verify", action="store_true",
                    help="skip the parity gate (for models too big to run on this CPU; the manifest records that the "
                         "plan is unverified; check it with arvc eval on the target)")
-    c.add_argument("--seed", type=int, default=0, help="noise seed of the parity rollout")
+    c.add_argument("--seed", type=SEED, default=0, help="noise seed of the parity rollout, 0..2^64-1 (default 0)")
     c.add_argument("--force", action="store_true", help="replace an existing plan at --output (only once the new one passes)")
     c.add_argument("--json", action="store_true", help="print the verification result as JSON")
     add_frame_args(c)

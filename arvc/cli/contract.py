@@ -5,7 +5,8 @@ maps to, console output that keeps every number in logs, and suggestions built a
 Exit codes (README "Exit codes"), one prefix per command (``arvc <command>: error: ...`` on stderr):
     0  success
     1  anything unexpected (a bug: the traceback is printed)
-    2  usage or input error, raised before any work starts (argparse's own errors too)
+    2  usage or input error, raised before any work starts (argparse's own errors too), or an output that
+       cannot be written (a full disk, a file size limit: runtime/atomic.py's WriteError)
     3  parity refusal: compile's gate, or a selftest check, found the plan too far from the reference
     4  integrity refusal: a tampered, truncated or unreadable plan
   130  interrupted (Ctrl-C), as a shell reports SIGINT
@@ -126,6 +127,9 @@ def exit_code(e: BaseException) -> int:
         return EXIT_PARITY
     if plan_mod and isinstance(e, plan_mod.PlanIntegrityError):
         return EXIT_INTEGRITY
+    atomic_mod = sys.modules.get("arvc.runtime.atomic")
+    if atomic_mod and isinstance(e, atomic_mod.WriteError):
+        return EXIT_USAGE
     if isinstance(e, _INPUT_ERRORS) or (compile_mod and isinstance(e, compile_mod.CompileError)):
         return EXIT_USAGE
     return EXIT_UNEXPECTED

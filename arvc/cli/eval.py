@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import print_result
+from .common import SEED, THREADS, print_result
 from .contract import UsageError, rich_console
 
 
@@ -13,10 +13,11 @@ def add_parser(sub) -> None:
     ev.add_argument("plan", help="plan directory (arvc compile)")
     ev.add_argument("--blocks", type=int, required=True, help="blocks rolled out per prompt")
     ev.add_argument("--prompts", type=int, default=8, help="prompts (one rollout each, seeds SEED..SEED+K-1)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=SEED, default=0)
     ev.add_argument("--reference", help="checkpoint the plan was compiled from (default: the manifest's source; "
                                          "its SHA-256 must match)")
-    ev.add_argument("--threads", type=int, help="ONNX Runtime threads per stage (default: physical cores)")
+    ev.add_argument("--threads", type=THREADS, help="ONNX Runtime threads per stage, 0..256 (default 0: one per "
+                                                   "physical core)")
     ev.add_argument("--backend", choices=["ort", "torch", "tensorrt"], help="what runs the plan (default: its target)")
     ev.add_argument("--device", help="--backend torch: cpu | cuda[:N] (default cuda)")
     ev.add_argument("--plot", metavar="FILE.png", help="write the drift plot (frame PSNR and SSIM per block)")

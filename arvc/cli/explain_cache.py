@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 
 from .common import add_geometry_args, fill_defaults, geometry
-from .contract import rich_console
+from .contract import UsageError, rich_console
+
+MAX_BLOCKS = 1024  # a table to read, not a stream: --blocks 10^8 would print for hours
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("explain-cache", help="which frames each block attends to and which cache slots it writes")
-    e.add_argument("--blocks", type=int, default=8)
+    e.add_argument("--blocks", type=int, default=8, help=f"blocks to explain, 1..{MAX_BLOCKS} (default 8)")
     e.add_argument("--json", action="store_true")
     add_geometry_args(e)
     e.set_defaults(func=command)
@@ -30,6 +32,8 @@ def _ranges(frames: list[int]) -> str:
 def command(args) -> int:
     from arvc.model.cache_geometry import SlotMap
 
+    if not 1 <= args.blocks <= MAX_BLOCKS:
+        raise UsageError(f"--blocks {args.blocks}: give 1..{MAX_BLOCKS}")
     fill_defaults(args)
     geom = geometry(args)
     slots = SlotMap(geom, rope_limit=10**9)

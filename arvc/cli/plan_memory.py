@@ -5,7 +5,7 @@ from __future__ import annotations
 # the format table imports nothing heavy: argparse refuses a bad value before any heavy import
 from arvc.quant.format_table import COMPUTE_FORMATS, KV_FORMATS, WEIGHT_FORMATS
 
-from .contract import rich_console
+from .contract import UsageError, rich_console
 
 
 def add_parser(sub) -> None:
@@ -38,6 +38,9 @@ def command(args) -> int:
 
     if args.window == 0 and args.sink:
         raise ValueError("--sink needs a rolling window (--window > 0)")
+    for flag, value, most in (("--height", args.height, 8192), ("--width", args.width, 8192), ("--steps", args.steps, 64)):
+        if value is not None and not 1 <= value <= most:  # a plan's ranges (docs/plan-validation.md)
+            raise UsageError(f"{flag} {value}: give 1..{most}")
     inp = inputs_from(args.checkpoint, precision=args.precision, kv_cache=args.kv_cache, kv_sink=args.kv_sink_precision,
                       window=args.window, sink=args.sink, max_frames=args.max_frames,
                       frames_per_block=args.frames_per_block, height=args.height, width=args.width, steps=args.steps,

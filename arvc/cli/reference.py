@@ -9,8 +9,8 @@ import json
 # the format table imports nothing heavy: argparse refuses a bad value before any heavy import
 from arvc.quant.format_table import COMPUTE_FORMATS
 
-from .common import (add_frame_args, add_geometry_args, add_stream_args, check_stream_args, fill_defaults, geometry,
-                    plan_backend, schedule, timed, write_video)
+from .common import (FPS, add_frame_args, add_geometry_args, add_stream_args, check_resolution, check_stream_args,
+                     fill_defaults, geometry, plan_backend, schedule, write_video)
 from .contract import UsageError, rerun_command
 
 HELP = ("stream a video from a checkpoint on the PyTorch reference: no compile, slow; the numerics every plan is "
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                         "text_encoder.safetensors and model.json with its run defaults)")
     p.add_argument("--vae", help="Wan VAE .safetensors (original or diffusers names)")
     add_stream_args(p)
-    p.add_argument("--fps", type=int, help="video frame rate (default: model.json, else 16)")
+    p.add_argument("--fps", type=FPS, help="video frame rate, 1..240 (default: model.json, else 16)")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] (default cpu)")
     p.add_argument("--dtype", choices=COMPUTE_FORMATS, default="fp32", help="compute dtype (default fp32)")
     p.add_argument("--modulation-bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -52,13 +52,13 @@ def _refuse_a_plan(args) -> None:
                      f"`{rerun_command(args, command='run', drop=_FIXED_IN_A_PLAN + unused)}`")
 
 
-def _prompt_contexts(args, files, cfg) -> list[tuple[float, object]]:
+def _prompt_contexts(args, specs, files, cfg) -> list[tuple[float, object]]:
     """[(start_seconds, context [1, text_len, text_dim])] from --prompt (text encoder) or --prompt-embeds."""
     from arvc.checkpoints.text import load_text_encoder
     from arvc.reference.models import load_prompt_embeds
 
     if args.prompt_embeds:
-        return [(start, load_prompt_embeds(p, cfg)) for start, p in timed(args.prompt_embeds, "--prompt-embeds")]
+        return [(start, load_prompt_embeds(p, cfg)) for start, p in specs]
     if files.text_encoder is None:
         raise UsageError(f"{args.checkpoint} has no text encoder (text_encoder.safetensors); "
                          "pass precomputed embeddings with --prompt-embeds FILE")
@@ -66,7 +66,7 @@ def _prompt_contexts(args, files, cfg) -> list[tuple[float, object]]:
 
     enc = load_text_encoder(files.text_encoder)
     with torch.no_grad():
-        return [(start, enc.encode([text])) for start, text in timed(args.prompt, "--prompt")]
+        return [(start, enc.encode([text])) for start, text in specs]
 
 
 def command(args) -> int:
@@ -74,7 +74,7 @@ def command(args) -> int:
 
     if is_plan(args.checkpoint):
         _refuse_a_plan(args)
-    check_stream_args(args)
+    specs = check_stream_args(args)
     from arvc.reference.models import load_dit_module, load_vae_module, resolve_checkpoint
     from arvc.reference.stream import TorchStreamSession
 
@@ -82,11 +82,12 @@ def command(args) -> int:
     fill_defaults(args, files.defaults)
     if files.vae is None:
         raise UsageError("no VAE: pass --vae VAE.safetensors (or put vae.safetensors beside model.safetensors)")
+    geom, sched = geometry(args), schedule(args)  # refused here, before the model loads
+    check_resolution(args)
     dit = load_dit_module(files.dit, args.dtype, args.device, args.modulation_bf16)
-    prompts = _prompt_contexts(args, files, dit.cfg)
+    prompts = _prompt_contexts(args, specs, files, dit.cfg)
     vae = load_vae_module(files.vae, "fp32" if args.device == "cpu" else args.dtype, args.device)
-    session = TorchStreamSession(dit, vae, geometry(args), schedule(args), args.height, args.width,
-                                 seed=args.seed, device=args.device)
+    session = TorchStreamSession(dit, vae, geom, sched, args.height, args.width, seed=args.seed, device=args.device)
     session.set_prompt(prompts[0][1])
     pending, total = prompts[1:], round(args.seconds * args.fps)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 # the format table imports nothing heavy: argparse refuses a bad value before any heavy import
 from arvc.quant.format_table import COMPUTE_FORMATS
 
-from .common import (add_frame_args, add_geometry_args, add_stream_args, check_stream_args, plan_backend,
-                    read_prompt_embeds, timed, write_video)
+from .common import (FPS, THREADS, add_frame_args, add_geometry_args, add_stream_args, check_stream_args,
+                     plan_backend, read_prompt_embeds, write_video)
 from .contract import UsageError, recompile_hint, rerun_command
 
 # flags that a plan fixes at compile time (resolution, schedule, geometry, numerics): recognised only to name the
@@ -27,9 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=["torch", "ort", "tensorrt"],
                    help="ort (ONNX Runtime, CPU), torch (PyTorch + csrc kernels + CUDA graphs), tensorrt; "
                         "default: the plan's compile target")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads per stage (default: physical cores)")
+    p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads per stage, 0..256 (default 0: one per "
+                                                  "physical core)")
     add_stream_args(p)
-    p.add_argument("--fps", type=int, help="video frame rate: the plan's (default); another is refused")
+    p.add_argument("--fps", type=FPS, help="video frame rate: the plan's (default); another is refused")
     t = p.add_argument_group("torch backend (--backend torch, or a plan compiled with --target cuda)")
     t.add_argument("--device", help="cpu | cuda[:N] (default cuda)")
     t.add_argument("--dtype", choices=COMPUTE_FORMATS, help="compute dtype (default bf16 on CUDA)")
@@ -71,22 +72,21 @@ def command(args) -> int:
     if given:
         raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} fixed when a plan is compiled; "
                          f"{recompile_hint(args.plan, given)}")
+    specs = check_stream_args(args)
     options = _backend_options(args)
-    check_stream_args(args)
     from arvc.runtime.plan_session import load
 
     try:
         session = load(args.plan, threads=args.threads, backend=args.backend, **options)
     except RuntimeError as e:  # a backend this machine cannot run (no CUDA, no TensorRT): the request is the problem
         raise UsageError(str(e)) from None
-    if args.prompt_embeds:
-        prompts = [(start, read_prompt_embeds(p)) for start, p in timed(args.prompt_embeds, "--prompt-embeds")]
-    else:
-        prompts = timed(args.prompt, "--prompt")
+    prompts = [(start, read_prompt_embeds(p)) for start, p in specs] if args.prompt_embeds else specs
     fps = args.fps or session.fps
     if fps != session.fps:
         raise UsageError(f"this plan was compiled for {session.fps} fps; --fps {fps} would change its timing")
     total = round(args.seconds * fps)
+    if total < 1:
+        raise UsageError(f"--seconds {args.seconds:g} at {fps} fps is less than one frame; give a longer video")
     frames = session.stream(prompts[0][1], frames=total, seed=args.seed, switches=prompts[1:])
     written, _, _ = write_video((frame[None] for frame in frames), args.output, session.width, session.height, fps,
                                 total, args.quiet)

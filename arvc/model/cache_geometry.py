@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .config import check_range
+
 ROPE_MODES = ("absolute", "relative")
+MAX_FRAMES = 4096  # a cache's frames (window or max_frames)
 
 
 @dataclass(frozen=True)
@@ -34,22 +37,21 @@ class CacheGeometry:
     rope: str = "absolute"
 
     def __post_init__(self) -> None:
-        if self.frames_per_block < 1:
-            raise ValueError(f"frames_per_block must be >= 1, got {self.frames_per_block}")
+        check_range("frames_per_block", self.frames_per_block, 1, 64)
         if self.rope not in ROPE_MODES:
             raise ValueError(f"rope mode {self.rope!r} unknown; choose one of {ROPE_MODES}")
+        check_range("max_frames", self.max_frames, self.frames_per_block, MAX_FRAMES)
         if self.window == 0:
             if self.sink:
-                raise ValueError("a sink needs a rolling window (--window > 0); global attention keeps every frame")
-            if self.max_frames < self.frames_per_block:
-                raise ValueError(f"max_frames {self.max_frames} < frames_per_block {self.frames_per_block}")
+                raise ValueError(f"sink {self.sink} needs a rolling window (--window > 0); global attention (window 0) "
+                                 "keeps every frame")
         else:
-            if self.sink < 0 or self.window < 0:
-                raise ValueError("window and sink must be >= 0")
-            if self.window - self.sink < self.frames_per_block:
+            check_range("window", self.window, self.frames_per_block, MAX_FRAMES)
+            if not 0 <= self.sink <= self.window - self.frames_per_block:
                 raise ValueError(
-                    f"window {self.window} - sink {self.sink} leaves {self.window - self.sink} ring frames, fewer than "
-                    f"a block's {self.frames_per_block}: a block must fit in the ring (raise --window or lower --sink)"
+                    f"sink {self.sink} must be in 0..{self.window - self.frames_per_block}: window {self.window} - "
+                    f"sink leaves the ring's frames, and a block must fit in the ring "
+                    f"({self.frames_per_block} frames): raise --window or lower --sink"
                 )
 
     @property

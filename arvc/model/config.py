@@ -10,6 +10,12 @@ import math
 from dataclasses import dataclass
 
 
+def check_range(name: str, value: int, lo: int, hi: int) -> None:
+    """A configuration field's range (a plan is untrusted input: docs/plan-validation.md has every range)."""
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+
+
 @dataclass(frozen=True)
 class WanConfig:
     """The Wan2.1 DiT (text-to-video)."""
@@ -29,10 +35,26 @@ class WanConfig:
     rope_max_positions: int = 1024
 
     def __post_init__(self) -> None:
+        for name in ("dim", "ffn_dim", "text_dim", "freq_dim", "rope_max_positions"):
+            check_range(name, getattr(self, name), 1, 65536)
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim {self.freq_dim} must be even (sine and cosine halves)")
+        for name in ("num_heads", "num_layers", "in_channels", "out_channels"):
+            check_range(name, getattr(self, name), 1, 1024)
+        if self.out_channels != self.in_channels:
+            raise ValueError(f"out_channels {self.out_channels} must equal in_channels {self.in_channels} (the DiT "
+                             "predicts a latent of the input's size)")
+        p = self.patch_size
+        if len(p) != 3 or p[0] != 1 or not all(1 <= x <= 16 for x in p[1:]):
+            raise ValueError(f"patch_size {list(p)} must be [1, ph, pw] with ph and pw in 1..16")
+        check_range("text_len", self.text_len, 1, 4096)
+        if not (math.isfinite(self.eps) and 0 < self.eps < 1):
+            raise ValueError(f"eps {self.eps} must be a finite number with 0 < eps < 1")
         if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(f"num_heads {self.num_heads} must divide dim {self.dim}")
         if self.head_dim % 2 or self.head_dim < 6:
-            raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 for 3D RoPE")
+            raise ValueError(f"num_heads {self.num_heads} leaves head_dim {self.head_dim}, which must be even and "
+                             ">= 6 for 3D RoPE")
 
     @property
     def head_dim(self) -> int:
@@ -131,6 +153,11 @@ class WanVAEConfig:
     )
 
     def __post_init__(self) -> None:
+        check_range("base_dim", self.base_dim, 1, 4096)
+        check_range("z_dim", self.z_dim, 1, 1024)
+        if not (1 <= len(self.dim_mult) <= 8 and all(1 <= m <= 64 for m in self.dim_mult)):
+            raise ValueError(f"dim_mult {list(self.dim_mult)} must hold 1..8 multipliers, each in 1..64")
+        check_range("num_res_blocks", self.num_res_blocks, 1, 16)
         if len(self.temporal_upsample) != len(self.dim_mult) - 1:
             raise ValueError(
                 f"temporal_upsample has {len(self.temporal_upsample)} entries; "
@@ -142,8 +169,10 @@ class WanVAEConfig:
                     f"{name} has {len(getattr(self, name))} values but z_dim is {self.z_dim}; "
                     "pass latent_mean/latent_std for a non-Wan latent size"
                 )
+        if not all(math.isfinite(v) for v in (*self.latent_mean, *self.latent_std)):
+            raise ValueError("latent_mean and latent_std must be finite numbers")
         if any(s <= 0 for s in self.latent_std):
-            raise ValueError(f"latent_std must be positive, got {self.latent_std}")
+            raise ValueError(f"latent_std must be positive, got {min(self.latent_std)}")
 
     @property
     def spatial_factor(self) -> int:

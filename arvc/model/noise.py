@@ -40,6 +40,8 @@ import math
 import numpy as np
 import torch
 
+from .stream_inputs import check_seed
+
 _MASK = (1 << 64) - 1
 
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -154,7 +156,9 @@ def sincos2pi(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gaussian(seed: int, block: int, step: int, n: int) -> np.ndarray:
-    """g[0 .. n-1] of draw (seed, block, step): float32 standard normals (== arvc_noise_fill)."""
+    """g[0 .. n-1] of draw (seed, block, step): float32 standard normals (== arvc_noise_fill). A seed outside
+    0..2^64-1 is refused: masking it would give another seed's video."""
+    seed = check_seed(seed)
     n = int(n)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .stream_inputs import prompt_words
+
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
@@ -39,15 +41,7 @@ class TinyTextEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
 
     def tokenize(self, text: str) -> list[int]:
-        words = text.lower().split()
-        unknown = [w for w in words if w not in self.index]
-        if unknown:
-            raise ValueError(f"unknown word(s) {unknown} in prompt {text!r}; the tiny model knows: {' '.join(self.cfg.vocab)}")
-        if not words:
-            raise ValueError("empty prompt")
-        if len(words) > self.cfg.max_len:
-            raise ValueError(f"prompt has {len(words)} words; the tiny text encoder takes at most {self.cfg.max_len}")
-        return [self.index[w] for w in words]
+        return [self.index[w] for w in prompt_words(text, self.index, self.cfg.max_len)]
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: [B, max_len] (padding arbitrary), lengths: [B] -> context [B, max_len, dim], zero after each prompt

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from arvc.model.stream_inputs import shortened, some_words
+
 # --- vocabulary (order is part of the interface) ---------------------------------------------------
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -147,7 +149,7 @@ _PROMPT_RE = re.compile(r"a (\S+) (\S+) moving (\S+) on a (.+) background")
 def parse_prompt(text: str) -> tuple[str, str, str, str]:
     """Prompt -> (color, shape, direction, background). Case and whitespace are normalised first.
 
-    Raises ValueError for anything outside the grammar: unknown words are listed with the whole
+    Raises ValueError for anything outside the grammar: the first unknown words are named, with the
     vocabulary; a sentence that does not fit the template is shown the template; a known word in the
     wrong slot is told which words that slot takes.
     """
@@ -158,20 +160,20 @@ def parse_prompt(text: str) -> tuple[str, str, str, str]:
     unknown = list(dict.fromkeys(w for w in norm.split() if w not in vocab))
     problems = []
     if unknown:
-        problems.append(f"unknown word(s): {', '.join(repr(w) for w in unknown)}; "
-                        f"vocabulary: {' '.join(vocab)}")
+        problems.append(f"unknown word(s): {some_words(unknown)}; vocabulary: {' '.join(vocab)}")
     m = _PROMPT_RE.fullmatch(norm)
+    shown = shortened(text, 80)  # a prompt may be any length: the message stays short
     if m is None:
         problems.append(f"prompt does not follow the grammar {TEMPLATE!r} "
                         f"(e.g. {prompt_of(_EXAMPLE)!r})")
-        raise ValueError(f"bad prompt {text!r}: " + "; ".join(problems))
+        raise ValueError(f"bad prompt {shown}: " + "; ".join(problems))
     color, shape, direction, background = m.groups()
     for value, slot, what in ((color, COLORS, "color"), (shape, SHAPES, "shape"),
                               (direction, DIRECTIONS, "direction"), (background, BACKGROUNDS, "background")):
         if value not in slot and value not in unknown:
             problems.append(f"{value!r} is not a {what} (expected one of {', '.join(slot)})")
     if problems:
-        raise ValueError(f"bad prompt {text!r}: " + "; ".join(problems))
+        raise ValueError(f"bad prompt {shown}: " + "; ".join(problems))
     return color, shape, direction, background
 
 

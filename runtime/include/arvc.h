@@ -62,7 +62,7 @@ typedef struct arvc_session arvc_session; /* opaque */
 /* Set .size = sizeof(arvc_options) (arvc_options_default() does); zero fields take the defaults. */
 typedef struct arvc_options {
   uint32_t size;
-  int32_t threads;                 /* ONNX Runtime intra-op threads per stage; 0 = one per physical core */
+  int32_t threads;                 /* ONNX Runtime intra-op threads per stage, 0..256; 0 = one per physical core */
   int32_t skip_verify;             /* 1: skip the SHA-256 check of the plan's files at open */
   int32_t no_prefetch;             /* 1: compute each block's DiT inside arvc_next_block (no worker thread) */
   const char *onnxruntime_library; /* path of libonnxruntime.so; NULL = the search order above */
@@ -104,8 +104,10 @@ ARVC_API const char *arvc_status_string(arvc_status status);
 ARVC_API const char *arvc_last_error(void);
 ARVC_API arvc_options arvc_options_default(void);
 
-/* Open a plan directory (checks the manifest and, unless skip_verify, every file's SHA-256). options may
- * be NULL. On failure *out is set to NULL. */
+/* Open a plan directory. A plan is untrusted input (docs/plan-validation.md): the manifest's fields and their
+ * relations, that the folder holds exactly manifest.json and the files it lists, unless skip_verify each
+ * file's size and SHA-256, and that every graph's inputs and outputs are the ones the manifest makes, are
+ * checked before anything is sized by the plan. options may be NULL. On failure *out is set to NULL. */
 ARVC_API arvc_status arvc_open(const char *plan_dir, const arvc_options *options, arvc_session **out);
 /* Frees everything; waits for a DiT block in flight. NULL is accepted and ignored. */
 ARVC_API void arvc_close(arvc_session *session);
@@ -140,9 +142,9 @@ ARVC_API arvc_status arvc_switch_prompt_embeddings(arvc_session *session, const 
 
 /* The plan at plan_dir as this runtime reads it, as UTF-8 JSON: the manifest fields it uses and what it
  * derives from them (the KV cache's buffers, ...), for tools and for the test that holds this reader to
- * the Python one (runtime/manifest.py). The manifest is checked as arvc_open checks it; every file's
- * SHA-256 too when verify_files is nonzero. *json_out is valid until the next arvc_plan_describe on this
- * thread. */
+ * the Python one (runtime/manifest.py). The plan is checked as arvc_open checks it, but for the graphs'
+ * shapes (arvc_open loads the graphs); every file's size and SHA-256 only when verify_files is nonzero.
+ * *json_out is valid until the next arvc_plan_describe on this thread. */
 ARVC_API arvc_status arvc_plan_describe(const char *plan_dir, int32_t verify_files, const char **json_out);
 
 #ifdef __cplusplus

@@ -90,7 +90,9 @@ arvc_status arvc_open(const char *plan_dir, const arvc_options *options, arvc_se
   ARVC_REQUIRE(!options || options->size >= sizeof(arvc_options),
                "arvc_open: options->size is " + std::to_string(options ? options->size : 0) + ", expected sizeof(arvc_options) = " +
                    std::to_string(sizeof(arvc_options)) + "; initialize options with arvc_options_default()");
-  ARVC_REQUIRE(!options || options->threads >= 0, "arvc_open: options->threads must be >= 0 (0 = one per physical core)");
+  ARVC_REQUIRE(!options || (options->threads >= 0 && options->threads <= 256),
+               "arvc_open: options->threads is " + std::to_string(options ? options->threads : 0) +
+                   "; pass 0..256 (0 = one per physical core)");
   const arvc_options opts = options ? *options : arvc_options_default();
   return guarded([&] {
     auto s = std::make_unique<arvc_session>();

@@ -3,13 +3,13 @@
 #include <dlfcn.h>
 #include <glob.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 
 #include "error.h"
+#include "plan_graphs.h"
 
 #ifndef ARVC_DEFAULT_ONNXRUNTIME_LIB
 #define ARVC_DEFAULT_ONNXRUNTIME_LIB ""
@@ -38,9 +38,9 @@ Buffer make_buffer(ONNXTensorElementDataType type, std::vector<int64_t> shape, c
   b.shape = std::move(shape);
   for (int64_t d : b.shape)
     if (d <= 0) fail(ARVC_ERR_PLAN, what + " has a dynamic or empty shape; the C runtime needs a plan's static shapes, recompile the plan");
-  b.bytes = b.elements() * element_size(type);
-  const size_t padded = (b.bytes + 63) / 64 * 64;
-  void *p = std::aligned_alloc(64, padded ? padded : 64);
+  b.bytes = buffer_size({b.elements(), element_size(type)}, what);
+  const size_t padded = buffer_size({b.bytes / 64 + 1, 64}, what);  // whole cache lines, at least one
+  void *p = std::aligned_alloc(64, padded);
   if (!p) fail(ARVC_ERR_OUT_OF_MEMORY, "cannot allocate " + std::to_string(b.bytes) + " bytes for " + what);
   std::memset(p, 0, padded);
   b.data.reset(static_cast<uint8_t *>(p), std::free);
@@ -74,11 +74,36 @@ const IO &find_io(const std::vector<IO> &ios, const std::string &name, const std
   fail(ARVC_ERR_PLAN, graph + " has no tensor '" + name + "'; the plan was written by another arvc version, recompile it");
 }
 
+// The graph's inputs (outputs) are exactly those the manifest makes: names, element types, static shapes.
+void check_io(const std::vector<IO> &have, const std::vector<TensorSpec> &want, const std::string &graph, const char *kind) {
+  const std::string fix = "; the graph does not belong to this manifest (another plan's or stage's, or the manifest was "
+                          "edited): recompile the plan";
+  std::map<std::string, const IO *> left;
+  for (const auto &io : have) left[io.name] = &io;
+  for (const auto &w : want) {
+    const auto it = left.find(w.name);
+    if (it == left.end())
+      fail(ARVC_ERR_INTEGRITY, graph + ": integrity check failed: it has no " + kind + " '" + w.name + "' (" + describe_tensor(w.type, w.shape) +
+                                   ", what the manifest makes it)" + fix);
+    if (static_cast<int>(it->second->type) != w.type || it->second->shape != w.shape)
+      fail(ARVC_ERR_INTEGRITY, graph + ": integrity check failed: its " + kind + " '" + w.name + "' is " +
+                                   describe_tensor(it->second->type, it->second->shape) + ", the manifest makes it " + describe_tensor(w.type, w.shape) + fix);
+    left.erase(it);
+  }
+  if (!left.empty())
+    fail(ARVC_ERR_INTEGRITY, graph + ": integrity check failed: it has an " + kind + " '" + left.begin()->first + "' the manifest does not make" + fix);
+}
+
+void check_graph(Ort::Session &s, const GraphSpec &want, const std::string &graph) {
+  check_io(graph_io(s, true), want.inputs, graph, "input");
+  check_io(graph_io(s, false), want.outputs, graph, "output");
+}
+
 }  // namespace
 
 size_t Buffer::elements() const {
   size_t n = 1;
-  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  for (const int64_t d : shape) n = buffer_size({n, static_cast<size_t>(d)}, "a tensor");  // make_buffer refused d <= 0
   return n;
 }
 
@@ -135,6 +160,12 @@ OrtStages::OrtStages(const Plan &plan, int threads) {
   vae_first_ = open(plan.vae_first_graph);
   vae_ = open(plan.vae_graph);
   if (!plan.text_encoder_graph.empty()) text_encoder_ = open(plan.text_encoder_graph);
+  // every graph matches the manifest before a buffer is sized by it
+  check_graph(*text_, expected_graph(plan, Stage::text), plan.text_graph);
+  check_graph(*dit_, expected_graph(plan, Stage::dit), plan.dit_graph);
+  check_graph(*vae_first_, expected_graph(plan, Stage::vae_first), plan.vae_first_graph);
+  check_graph(*vae_, expected_graph(plan, Stage::vae), plan.vae_graph);
+  if (text_encoder_) check_graph(*text_encoder_, expected_graph(plan, Stage::text_encoder), plan.text_encoder_graph);
 
   // dit: cache buffers in place (input X and output X_out share one buffer), the rest preallocated
   dit_binding_ = std::make_unique<Ort::IoBinding>(*dit_);
@@ -150,12 +181,8 @@ OrtStages::OrtStages(const Plan &plan, int threads) {
     dit_binding_->BindOutput(o.name.c_str(), kv_.back().value);
     is_cache[in] = true;
   }
-  static const char *const host_inputs[] = {"latents", "timestep", "write_index", "key_valid",
-                                             "rope_q_cos", "rope_q_sin", "rope_k_cos", "rope_k_sin"};
   for (const auto &io : ins) {
     if (is_cache.count(io.name) || io.name.rfind("cross_", 0) == 0) continue;  // cross K/V: bind_cross
-    if (std::find(std::begin(host_inputs), std::end(host_inputs), io.name) == std::end(host_inputs))
-      fail(ARVC_ERR_PLAN, plan.dit_graph + " has an input '" + io.name + "' this C runtime does not feed; it was compiled by a newer arvc, upgrade the runtime");
     dit_inputs_.emplace_back(io.name, make_buffer(io.type, io.shape, io.name));
     dit_binding_->BindInput(io.name.c_str(), dit_inputs_.back().second.value);
   }

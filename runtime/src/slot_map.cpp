@@ -17,27 +17,27 @@ int SlotMap::filled() const {
   return n;
 }
 
-int SlotMap::slot_of(int frame) const {
+int SlotMap::slot_of(int64_t frame) const {
   if (!g_.window) {
     if (frame >= g_.max_frames)
       fail(ARVC_ERR_STATE, "global cache holds " + std::to_string(g_.max_frames) + " latent frames and frame " + std::to_string(frame) +
                                " overflows it; use a rolling window (--window 12 --sink 3) for long videos or raise --max-frames");
-    return frame;
+    return static_cast<int>(frame);
   }
-  if (frame < g_.sink) return frame;
-  const int ring = g_.ring();
-  return g_.sink + ((frame - ring_base_) % ring + ring) % ring;  // Python's % is non-negative
+  if (frame < g_.sink) return static_cast<int>(frame);
+  const int64_t ring = g_.ring();
+  return g_.sink + static_cast<int>(((frame - ring_base_) % ring + ring) % ring);  // Python's % is non-negative
 }
 
-void SlotMap::reset(int first_frame, bool keep_sink) {
+void SlotMap::reset(int64_t first_frame, bool keep_sink) {
   const int keep = (keep_sink && g_.window) ? g_.sink : 0;
   for (size_t s = keep; s < slot_frame_.size(); ++s) slot_frame_[s] = -1;
-  if (g_.window) ring_base_ = std::max(first_frame, g_.sink);
+  if (g_.window) ring_base_ = std::max<int64_t>(first_frame, g_.sink);
 }
 
-CallPlan SlotMap::plan(int frame_start, int num_frames) {
+CallPlan SlotMap::plan(int64_t frame_start, int num_frames) {
   CallPlan c;
-  for (int f = frame_start; f < frame_start + num_frames; ++f) {
+  for (int64_t f = frame_start; f < frame_start + num_frames; ++f) {
     c.frames.push_back(f);
     c.slots.push_back(slot_of(f));
   }
@@ -48,20 +48,20 @@ CallPlan SlotMap::plan(int frame_start, int num_frames) {
   c.num_key_slots = filled();
   c.key_frames.assign(slot_frame_.begin(), slot_frame_.begin() + c.num_key_slots);
   if (!g_.relative_rope) {
-    c.query_positions = c.frames;
-    c.key_positions = c.key_frames;
     if (c.frames.back() >= rope_limit_)
       fail(ARVC_ERR_STATE, "latent frame " + std::to_string(c.frames.back()) + " is past the model's " + std::to_string(rope_limit_) +
                                " RoPE positions with absolute positions; compile the plan with relative RoPE (--rope relative) for unbounded length");
+    c.query_positions.assign(c.frames.begin(), c.frames.end());  // below rope_limit: ints
+    c.key_positions.assign(c.key_frames.begin(), c.key_frames.end());
   } else {
     const int sink = g_.window ? g_.sink : 0;
-    int oldest = -1;
-    for (int f : c.key_frames)
+    int64_t oldest = -1;
+    for (const int64_t f : c.key_frames)
       if (f >= sink && (oldest < 0 || f < oldest)) oldest = f;
     if (oldest < 0) oldest = sink;
-    auto rel = [&](int f) { return f < sink ? f : sink + f - oldest; };
-    for (int f : c.frames) c.query_positions.push_back(rel(f));
-    for (int f : c.key_frames) c.key_positions.push_back(rel(f));
+    auto rel = [&](int64_t f) { return static_cast<int>(f < sink ? f : sink + f - oldest); };  // within the cache's frames
+    for (const int64_t f : c.frames) c.query_positions.push_back(rel(f));
+    for (const int64_t f : c.key_frames) c.key_positions.push_back(rel(f));
   }
   return c;
 }

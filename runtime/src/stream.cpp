@@ -57,31 +57,23 @@ Stream::Stream(const std::string &plan_dir, const arvc_options &options)
   try {
     stages_ = std::make_unique<OrtStages>(plan_, threads_);
   } catch (const Ort::Exception &e) {
-    fail(ARVC_ERR_RUNTIME, "ONNX Runtime could not load the plan's graphs in " + plan_dir + ": " + e.what());
+    // the files passed their hashes, so the plan itself is bad: an integrity refusal, as runtime/ort_backend.py
+    fail(ARVC_ERR_INTEGRITY, plan_dir + ": integrity check failed: ONNX Runtime cannot load the plan's graphs (" + e.what() +
+                                 "); the plan is damaged, was not written by arvc compile, or needs a newer ONNX Runtime: "
+                                 "recompile it with this arvc");
   }
+  // the graphs' shapes are the manifest's (OrtStages checked them): these sizes are the ones they are bound with
   const auto &g = plan_.geometry;
-  if (stages_->dit_frames() != g.frames_per_block)
-    fail(ARVC_ERR_PLAN, "the dit graph takes " + std::to_string(stages_->dit_frames()) + " latent frames per call but the manifest says " +
-                            std::to_string(g.frames_per_block) + "; recompile the plan");
   grid_h_ = plan_.latent_h / plan_.patch[1];
   grid_w_ = plan_.latent_w / plan_.patch[2];
   frame_tokens_ = grid_h_ * grid_w_;
-  frame_elems_ = static_cast<size_t>(plan_.in_channels) * plan_.latent_h * plan_.latent_w;
-  // every host-written input must have exactly the size the manifest implies: no write past a buffer
-  const size_t F = g.frames_per_block, T = frame_tokens_, cap = g.capacity_frames();
-  const size_t half = (plan_.rope_axis_dims[0] + plan_.rope_axis_dims[1] + plan_.rope_axis_dims[2]) / 2;
-  std::vector<std::pair<const char *, size_t>> expected = {
-      {"latents", frame_elems_ * F}, {"timestep", 1}, {"write_index", F * T}, {"key_valid", cap * T},
-      {"rope_q_cos", F * T * half}, {"rope_q_sin", F * T * half}};
-  if (g.relative_rope) expected.insert(expected.end(), {{"rope_k_cos", cap * T * half}, {"rope_k_sin", cap * T * half}});
-  for (const auto &[name, elements] : expected)
-    if (stages_->dit_input(name).elements() != elements)
-      fail(ARVC_ERR_PLAN, std::string("the dit graph's input '") + name + "' has " + std::to_string(stages_->dit_input(name).elements()) +
-                              " elements, the manifest's geometry implies " + std::to_string(elements) + "; recompile the plan");
-  for (auto &l : latents_) l.assign(frame_elems_ * g.frames_per_block, 0.0f);
-  history_.assign(frame_elems_ * g.capacity_frames(), 0.0f);
+  frame_elems_ = buffer_size({static_cast<size_t>(plan_.in_channels), static_cast<size_t>(plan_.latent_h), static_cast<size_t>(plan_.latent_w)},
+                             "a latent frame");
+  frame_bytes_ = buffer_size({static_cast<size_t>(plan_.width), static_cast<size_t>(plan_.height), 3}, "an RGB frame");
+  for (auto &l : latents_) l.assign(buffer_size({frame_elems_, static_cast<size_t>(g.frames_per_block)}, "a block's latents"), 0.0f);
+  history_.assign(buffer_size({frame_elems_, static_cast<size_t>(g.capacity_frames())}, "the latent history"), 0.0f);
   vae_latent_.assign(frame_elems_, 0.0f);
-  rgb_.assign(static_cast<size_t>(plan_.width) * plan_.height * 3, 0);
+  rgb_.assign(frame_bytes_, 0);
   if (prefetch_) worker_ = std::thread([this] { worker_main(); });
 }
 
@@ -166,7 +158,7 @@ void Stream::set_context(const Context &ctx) {
   stages_->bind_cross(prompts_.front().second);
 }
 
-void Stream::denoise(const float *x, int frames, double t, int frame_start, float *x0_out) {
+void Stream::denoise(const float *x, int frames, double t, int64_t frame_start, float *x0_out) {
   const CallPlan call = slots_->plan(frame_start, frames);
   if (frames != stages_->dit_frames())
     fail(ARVC_ERR_STATE, "a re-cache call of " + std::to_string(frames) + " frames does not fit the dit graph's " +
@@ -207,16 +199,17 @@ void Stream::denoise(const float *x, int frames, double t, int frame_start, floa
 
 void Stream::recache() {  // LongLive KV re-cache under the prompt just set (sink kept)
   const auto &g = plan_.geometry;
-  const int fpb = g.frames_per_block, cur = static_cast<int>(dit_block_) * fpb, cap = g.capacity_frames();
+  const int fpb = g.frames_per_block, cap = g.capacity_frames();
+  const int64_t cur = dit_block_ * fpb;
   if (cur == 0) return;
-  int start = g.window ? cur - std::min(g.window, cur) : 0;
+  int64_t start = g.window ? cur - std::min<int64_t>(g.window, cur) : 0;
   const bool keep_sink = g.window > 0;
-  if (keep_sink) start = std::max(start, g.sink);
+  if (keep_sink) start = std::max<int64_t>(start, g.sink);
   slots_->reset(start, keep_sink);
   const size_t hw = static_cast<size_t>(plan_.latent_h) * plan_.latent_w;
-  for (int f = start; f < cur;) {
-    const int end = std::min(cur, (f / fpb + 1) * fpb);  // stay on block boundaries
-    const int n = end - f;
+  for (int64_t f = start; f < cur;) {
+    const int64_t end = std::min(cur, (f / fpb + 1) * fpb);  // stay on block boundaries
+    const int n = static_cast<int>(end - f);
     x_.resize(frame_elems_ * n);
     for (int c = 0; c < plan_.in_channels; ++c)
       for (int i = 0; i < n; ++i)
@@ -251,7 +244,8 @@ void Stream::dit_block(int64_t block, float *x0_out) {
   const double t_block = now_s();
   apply_switches(block);
   const auto &g = plan_.geometry;
-  const int F = g.frames_per_block, f0 = static_cast<int>(block) * F, cap = g.capacity_frames();
+  const int F = g.frames_per_block, cap = g.capacity_frames();
+  const int64_t f0 = block * F;
   const size_t n = frame_elems_ * F;
   x_.resize(n);
   noise_.resize(n);
@@ -368,10 +362,10 @@ int Stream::next_block(const FrameSink &sink, size_t capacity_bytes, bool check_
   if (broken_) fail(ARVC_ERR_STATE, "the stream failed earlier; start a new one with arvc_set_prompt");
   const int64_t d = decoded_;
   const int frames = frames_of_block(d);
-  const size_t frame_bytes = static_cast<size_t>(plan_.width) * plan_.height * 3;
-  if (check_capacity && capacity_bytes < frames * frame_bytes)
+  const size_t needed = buffer_size({static_cast<size_t>(frames), frame_bytes_}, "a block's frames");
+  if (check_capacity && capacity_bytes < needed)
     fail(ARVC_ERR_BUFFER_TOO_SMALL, "block " + std::to_string(d) + " has " + std::to_string(frames) + " frames of " + std::to_string(plan_.width) + "x" +
-                                        std::to_string(plan_.height) + " RGB: it needs " + std::to_string(frames * frame_bytes) + " bytes, the buffer has " +
+                                        std::to_string(plan_.height) + " RGB: it needs " + std::to_string(needed) + " bytes, the buffer has " +
                                         std::to_string(capacity_bytes) + " (arvc_info.max_block_bytes fits every block); nothing was generated");
   const int limit = max_blocks();
   if (limit && d >= limit)
@@ -440,7 +434,7 @@ void Stream::info(arvc_info &out) const {
   out.latent_frames_per_block = g.frames_per_block;
   out.first_block_frames = frames_of_block(0);
   out.block_frames = frames_of_block(1);
-  out.max_block_bytes = static_cast<size_t>(std::max(out.first_block_frames, out.block_frames)) * plan_.width * plan_.height * 3;
+  out.max_block_bytes = buffer_size({static_cast<size_t>(std::max(out.first_block_frames, out.block_frames)), frame_bytes_}, "a block's frames");
   out.window = g.window;
   out.sink = g.sink;
   out.max_blocks = max_blocks();

@@ -49,7 +49,7 @@ class Stream {
   void dit_block(int64_t block, float *x0_out);
   void apply_switches(int64_t block);
   void set_context(const Context &ctx);
-  void denoise(const float *x, int frames, double t, int frame_start, float *x0_out);
+  void denoise(const float *x, int frames, double t, int64_t frame_start, float *x0_out);
   void recache();
   void worker_main();
   void wait_idle(std::unique_lock<std::mutex> &lock);
@@ -60,6 +60,7 @@ class Stream {
   std::unique_ptr<OrtStages> stages_;
   int frame_tokens_, grid_h_, grid_w_;
   size_t frame_elems_;  // C * h * w: one latent frame
+  size_t frame_bytes_;  // H * W * 3: one RGB frame
 
   // DiT state (touched only by the thread running the DiT)
   uint64_t seed_ = 0;

@@ -51,6 +51,11 @@ void test_without_plan() {
   arvc_options bad = arvc_options_default();
   bad.size = 4;
   expect_status(arvc_open("x", &bad, &s), ARVC_ERR_INVALID_ARGUMENT, "arvc_options_default", "open(options.size 4)");
+  bad = arvc_options_default();
+  for (const int32_t threads : {-3, 257}) {
+    bad.threads = threads;
+    expect_status(arvc_open("x", &bad, &s), ARVC_ERR_INVALID_ARGUMENT, "0..256", "open(threads " + std::to_string(threads) + ")");
+  }
   expect_status(arvc_open("/nonexistent/plan", nullptr, &s), ARVC_ERR_PLAN, "not an arvc plan", "open(missing plan)");
 
   const std::string dir = temp_dir();
