@@ -48,8 +48,9 @@ def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = F
     try:
         return ort.InferenceSession(str(path), so, providers=providers)
     # what ORT raises for a graph it cannot load: its own classes, none of them a RuntimeError
+    # (and UnicodeDecodeError: the binding's own, when ORT's message quotes the graph's non-UTF-8 bytes)
     except (errors.Fail, errors.InvalidArgument, errors.InvalidGraph, errors.InvalidProtobuf, errors.NoSuchFile,
-            errors.NotImplemented, errors.RuntimeException) as e:
+            errors.NotImplemented, errors.RuntimeException, UnicodeDecodeError) as e:
         reason = " ".join(str(e).split())
         if len(reason) > _REASON_CHARS:
             reason = reason[:_REASON_CHARS] + "..."
