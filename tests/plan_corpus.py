@@ -27,6 +27,9 @@ File operations (on the plan folder, after the manifest edits; "name" is a plan 
     {"op": "mkdir", "name"}                 replace by (or create) an empty folder
     {"op": "swap", "name", "from"}          replace a file's content by another plan file's
     {"op": "external", "name", "to"}        point every external-data location of an ONNX graph at ``to``
+    {"op": "declare", "name", "tensor", ...} change what an ONNX graph declares of its input or output
+                                            ``tensor``: "dim" and "value" (an int: dim_value; a string:
+                                            dim_param), "elem_type", or "shape": null (no shape declared)
     {"op": "rehash", "name"}                record the file's current size and SHA-256 under files
 "reseal": true recomputes manifest_sha256 after the edits (what an attacker with seal_manifest does);
 false leaves the old digest (the manifest then no longer matches it, unless nothing was edited).
@@ -146,6 +149,23 @@ def _file_op(plan: Path, op: dict, doc: dict, scratch: Path) -> None:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = op["to"]
+        path.write_bytes(graph.SerializeToString())
+    elif kind == "declare":
+        import onnx
+
+        graph = onnx.ModelProto.FromString(content)
+        value = next(v for v in [*graph.graph.input, *graph.graph.output] if v.name == op["tensor"])
+        tensor_type = value.type.tensor_type
+        if "elem_type" in op:
+            tensor_type.elem_type = op["elem_type"]
+        if "shape" in op:
+            tensor_type.ClearField("shape")
+        if "dim" in op:
+            dim = tensor_type.shape.dim[op["dim"]]
+            if isinstance(op["value"], str):
+                dim.dim_param = op["value"]
+            else:
+                dim.dim_value = op["value"]
         path.write_bytes(graph.SerializeToString())
     elif kind == "rehash":
         doc["files"][op["name"]] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}

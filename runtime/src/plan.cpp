@@ -12,7 +12,7 @@
 #include "error.h"
 #include "json_text.h"
 #include "manifest.h"
-#include "onnx_weights.h"
+#include "onnx_graph.h"
 #include "regular_file.h"
 
 namespace arvc {
@@ -122,14 +122,21 @@ void verify_files(const Plan &plan) {
 }
 
 // A graph reads its weights only from files the plan lists (ONNX Runtime would read any file of the folder the
-// graph names, and refuses only paths that leave it).
-void check_graph_weights(const Plan &plan) {
-  for (const std::string *graph : {&plan.text_graph, &plan.dit_graph, &plan.vae_first_graph, &plan.vae_graph, &plan.text_encoder_graph}) {
+// graph names, and refuses only paths that leave it), and declares the inputs and outputs the manifest makes
+// (ONNX Runtime sizes tensors by the declared shapes as it loads, and aborts on some).
+void check_graphs(const Plan &plan) {
+  const std::pair<const std::string *, Stage> graphs[] = {{&plan.text_graph, Stage::text}, {&plan.dit_graph, Stage::dit},
+      {&plan.vae_first_graph, Stage::vae_first}, {&plan.vae_graph, Stage::vae}, {&plan.text_encoder_graph, Stage::text_encoder}};
+  for (const auto &[graph, stage] : graphs) {
     if (graph->empty()) continue;
-    for (const auto &location : external_data_locations(read_regular_file(*graph, SIZE_MAX), *graph))
+    const GraphFile file = read_graph_file(read_regular_file(*graph, SIZE_MAX), *graph);
+    for (const auto &location : file.weight_locations)
       if (!is_plain_name(location) || !plan.files.count(location))
         tampered(*graph, "a weight is read from " + json(location).dump(-1, ' ', true, json::error_handler_t::replace).substr(0, 300) +
                              ", which is not a file the plan lists; a plan's graphs read only the plan's own files, recompile it");
+    const GraphSpec want = expected_graph(plan, stage);
+    check_declared(file.inputs, want.inputs, *graph, "input");
+    check_declared(file.outputs, want.outputs, *graph, "output");
   }
 }
 
@@ -192,7 +199,7 @@ Plan read_plan(const std::string &dir, bool verify) {
   read_manifest_fields(m, mpath, plan);
   check_closed(plan);
   if (verify) verify_files(plan);
-  check_graph_weights(plan);
+  check_graphs(plan);
   return plan;
 }
 

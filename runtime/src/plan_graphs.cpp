@@ -1,5 +1,8 @@
 #include "plan_graphs.h"
 
+#include <map>
+#include <set>
+
 #include "error.h"
 
 namespace arvc {
@@ -100,6 +103,26 @@ GraphSpec expected_graph(const Plan &p, Stage stage) {
       return {{{"ids", I64, {1, p.text_max_len}}, {"length", I64, {1}}}, {{"context", F32, {1, p.text_max_len, p.text_dim}}}};
   }
   fail(ARVC_ERR_PLAN, "unknown stage");
+}
+
+void check_declared(const std::vector<TensorSpec> &have, const std::vector<TensorSpec> &want, const std::string &graph, const char *kind) {
+  const std::string fix = "; the graph does not belong to this manifest (another plan's or stage's, or the manifest was "
+                          "edited): recompile the plan";
+  const auto failed = [&](const std::string &why) { fail(ARVC_ERR_INTEGRITY, graph + ": integrity check failed: " + why + fix); };
+  std::map<std::string, const TensorSpec *> got;  // a name declared twice: the last one, as in a Python dict
+  for (const auto &t : have) got[t.name] = &t;
+  std::set<std::string> wanted;
+  for (const auto &w : want) {
+    wanted.insert(w.name);
+    if (!got.count(w.name)) failed(std::string("it has no ") + kind + " '" + w.name + "' (" + describe_tensor(w.type, w.shape) + ", what the manifest makes it)");
+  }
+  for (const auto &[name, t] : got)
+    if (!wanted.count(name)) failed(std::string("it has an ") + kind + " '" + name + "' the manifest does not make");
+  for (const auto &w : want) {
+    const TensorSpec &t = *got.at(w.name);
+    if (t.type != w.type || t.shape != w.shape)
+      failed(std::string("its ") + kind + " '" + w.name + "' is " + describe_tensor(t.type, t.shape) + ", the manifest makes it " + describe_tensor(w.type, w.shape));
+  }
 }
 
 std::string describe_tensor(int type, const std::vector<int64_t> &shape) {

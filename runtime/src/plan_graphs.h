@@ -26,6 +26,10 @@ enum class Stage { text, dit, vae_first, vae, text_encoder };
 
 GraphSpec expected_graph(const Plan &plan, Stage stage);
 
+// ARVC_ERR_INTEGRITY naming graph unless have (a graph's inputs or outputs: kind) is exactly want: names, element
+// types, static shapes. Reported as runtime/plan_graphs.py _compare does: a missing one, an extra one, a wrong one.
+void check_declared(const std::vector<TensorSpec> &have, const std::vector<TensorSpec> &want, const std::string &graph, const char *kind);
+
 // "float32 [1, 16, 3, 16, 16]"
 std::string describe_tensor(int type, const std::vector<int64_t> &shape);
 
