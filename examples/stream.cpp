@@ -11,7 +11,10 @@
 // any work. The video goes to a temporary file beside OUT with a unique name (created with O_EXCL, so never
 // through a link planted there), renamed to OUT once it is whole and on disk; an error or SIGINT/SIGTERM/SIGHUP
 // removes it, and a write error (full disk, `ulimit -f`, I/O error) exits 1 naming it. OUT is untouched then.
+// One left by a killed run is removed by the next run writing there (examples/temp_owner.h).
 #include <arvc.h>
+
+#include "temp_owner.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -27,7 +30,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,6 +38,7 @@ namespace {
 
 // The temporary's path, for the signal handler: a static buffer, since the handler may only call
 // async-signal-safe functions (unlink, signal, raise; a lock-free atomic).
+constexpr const char *kPartKind = ".part";
 char g_part[4096];
 std::atomic<bool> g_part_live{false};
 
@@ -167,15 +170,15 @@ std::string quoted(const char *s) {
   return "'" + q + "'";
 }
 
-// A new file beside `out`, created with O_EXCL under a name no other run uses; its path goes to g_part.
+// A new file beside `out`, created with O_EXCL under a name no other run uses; its path goes to g_part. Parts a
+// killed run left there are removed first, when their owner is provably gone (temp_owner.h).
 int open_part(const std::string &out, FILE **f) {
   const size_t slash = out.rfind('/');
   const std::string dir = slash == std::string::npos ? "" : out.substr(0, slash + 1);
   const std::string base = slash == std::string::npos ? out : out.substr(slash + 1);
-  std::random_device rd;
+  arvc_tool::clean_stale(slash == std::string::npos ? "." : slash == 0 ? "/" : out.substr(0, slash), kPartKind);
   for (int attempt = 0; attempt < 100; ++attempt) {
-    const std::string part = dir + "." + base.substr(0, 100) + ".arvc-" + std::to_string(getpid()) + "-" +
-                             std::to_string(rd() % 100000000u) + ".part";
+    const std::string part = dir + arvc_tool::temp_name(base, kPartKind);
     if (part.size() >= sizeof g_part) return ENAMETOOLONG;
     block_exit_signals(SIG_BLOCK);  // the handler sees the path only once it names this run's file
     const int fd = open(part.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);

@@ -130,6 +130,8 @@ class Owner:
             return False  # another host's pids, or a name this host cannot judge
         if self.boot != here.boot:
             return True  # an earlier boot: all its processes ended
+        if self.pid > _PID_MAX:
+            return True  # no process has such a pid (and os.kill would raise OverflowError)
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -140,6 +142,7 @@ class Owner:
         return bool(self.start) and started is not None and started != self.start  # the pid reused by a later one
 
 
+_PID_MAX = 2**31 - 1  # pid_t; Linux's own limit is 2^22
 _TAG = r"arvc-([0-9a-f]{12})-([0-9a-f]{32}|x)-([1-9][0-9]{0,9})-([0-9]{1,20})-[a-z0-9]{8}"
 _ALPHABET = string.ascii_lowercase + string.digits
 

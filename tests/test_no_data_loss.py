@@ -445,7 +445,8 @@ def test_stale_temporaries_are_removed_only_when_their_owner_is_provably_gone(tm
         owners = {"alive": alive, "this process": here, "dead": dead,
                   "pid reused": replace(alive, start=alive.start + 1),
                   "earlier boot": replace(dead, boot="0" * 32 if here.boot != "0" * 32 else "1" * 32),
-                  "another host": replace(dead, host="f" * 12 if here.host != "f" * 12 else "e" * 12)}
+                  "another host": replace(dead, host="f" * 12 if here.host != "f" * 12 else "e" * 12),
+                  "impossible pid": replace(dead, pid=9_999_999_999)}
         target = tmp_path / "x.plan"
         made = {what: tmp_path / atomic.temp_name(target, ".compiling", owner) for what, owner in owners.items()}
         other_kind = tmp_path / atomic.temp_name(target, ".mp4.part", dead)
@@ -456,7 +457,7 @@ def test_stale_temporaries_are_removed_only_when_their_owner_is_provably_gone(tm
         new = atomic.temp_dir(target, ".compiling")
         atomic.discard(new)
         kept = {p.name for p in tmp_path.iterdir()}
-        assert {w for w, p in made.items() if p.name not in kept} == {"dead", "pid reused", "earlier boot"}
+        assert {w for w, p in made.items() if p.name not in kept} == {"dead", "pid reused", "earlier boot", "impossible pid"}
         assert other_kind.name in kept and all(p.name in kept for p in unknown) and new.name not in kept
     finally:
         sleeper.kill()
@@ -647,6 +648,32 @@ def test_stream_stopped_by_a_signal_leaves_nothing(c_build, tiny_plan, tmp_path,
     proc.send_signal(sig)
     proc.communicate(timeout=60)
     assert proc.returncode == -sig and list(tmp_path.iterdir()) == []
+
+
+def test_stream_parts_name_their_owner_as_python_does_and_stale_ones_are_cleaned(c_build, tiny_plan, tmp_path):
+    """arvc_stream removes a part a killed run left (its owner provably gone), keeps the rest, and names its own
+    part as runtime/atomic.py does: Python cleans the part a SIGKILLed arvc_stream leaves, and the reverse."""
+    here = atomic.Owner.current()
+    dead = replace(here, pid=_dead_pid())
+    planted = {"dead": tmp_path / atomic.temp_name(tmp_path / "old.y4m", ".part", dead),
+               "this process": tmp_path / atomic.temp_name(tmp_path / "old.y4m", ".part", here),
+               "another host": tmp_path / atomic.temp_name(tmp_path / "old.y4m", ".part",
+                                                           replace(dead, host="f" * 12 if here.host != "f" * 12 else "e" * 12)),
+               "another kind": tmp_path / atomic.temp_name(tmp_path / "old.mp4", ".mp4.part", dead)}
+    for path in planted.values():
+        path.write_bytes(b"half a video")
+    proc = _start([c_build / "runtime" / "arvc_stream", tiny_plan[0], "--seconds", "600", "--threads", "1", "-o",
+                   tmp_path / "v.y4m"])
+    try:
+        part = _wait_for(proc, tmp_path, ".v.y4m.*.part")
+        left = {what for what, path in planted.items() if path.exists()}
+        assert left == {"this process", "another host", "another kind"}
+        assert atomic._owner_of(part.name, ".part") == replace(here, pid=proc.pid, start=atomic.process_start(proc.pid))
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert part.exists()  # SIGKILL: nothing could remove it
+    assert atomic.clean_stale(tmp_path, ".part") == [part]
 
 
 @pytest.mark.parametrize("args,why", [
