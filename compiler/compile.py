@@ -490,6 +490,10 @@ def _replace(new: Path, target: Path, force: bool = False) -> None:
     if not os.path.lexists(target):
         os.replace(new, target)
         return
+    if atomic.exchange(new, target):
+        # the temporary holds the old plan now: removed here, or on any exit, or (SIGKILL) by the next compile
+        atomic.discard(new)
+        return
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     os.replace(target, old)
     try:

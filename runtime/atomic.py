@@ -341,6 +341,23 @@ def sync_tree(directory: Path) -> None:
         fsync_dir(root)
 
 
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swaps the entries at ``a`` and ``b`` in one step (Linux renameat2 RENAME_EXCHANGE), so that no crash
+    leaves neither in place; -> False where the system or filesystem cannot (then nothing was changed)."""
+    import ctypes
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def commit_file(tmp: Path, target: str | os.PathLike) -> None:
     """fsync ``tmp``, rename it over ``target``, fsync the directory."""
     fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)

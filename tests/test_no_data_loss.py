@@ -183,6 +183,29 @@ def test_a_real_plan_is_replaced_with_force(plan, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.plan"]  # no old plan or temporary left behind
 
 
+def test_force_without_an_atomic_exchange_still_replaces_and_leaves_nothing(plan, tmp_path, monkeypatch):
+    """Where renameat2 cannot swap (another OS or filesystem), the old plan is moved aside, then removed."""
+    target = tmp_path / "p.plan"
+    shutil.copytree(plan, target)
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+    compile_plan(TINY, target, _force(fps=8), log=QUIET)
+    assert read_manifest(target).resolution.fps == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.plan"]
+
+
+def test_exchange_swaps_two_entries_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "f").write_text("a")
+    b.write_text("b")
+    if not atomic.exchange(a, b):
+        pytest.skip("this filesystem has no RENAME_EXCHANGE")
+    assert b.is_dir() and (b / "f").read_text() == "a" and a.read_text() == "b"
+    with pytest.raises(FileNotFoundError):
+        atomic.exchange(a, tmp_path / "missing")
+    assert a.read_text() == "b"
+
+
 def test_an_empty_directory_needs_force_and_is_then_used(tmp_path):
     target = tmp_path / "empty"
     target.mkdir()
