@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from arvc.runtime import atomic
 from arvc.quant.format_table import QUANTIZED_FORMATS
 from arvc.quant.recipe import RECIPE_VERSION
 
@@ -75,13 +74,6 @@ def write_recipe(recipe, opts, output: Path) -> Path:
     path, n = output.with_name(f"{stem}.recipe.json"), 2
     while path.exists() or path.is_symlink():
         path, n = output.with_name(f"{stem}.recipe-{n}.json"), n + 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.writing(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
     return path

@@ -341,6 +341,25 @@ def sync_tree(directory: Path) -> None:
         fsync_dir(root)
 
 
+@contextlib.contextmanager
+def writing(target: str | os.PathLike, kind: str = ".tmp"):
+    """A new empty temporary file beside ``target`` for the block to write (by path); renamed over ``target``
+    (fsync'd) when the block succeeds, removed when it raises. Write errors become WriteError naming target."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file(target, kind)
+    os.close(fd)
+    with discarded_on_error(tmp), write_errors(target):
+        yield tmp
+        commit_file(tmp, target)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """``target`` holds its old content or all of ``data``, never a part."""
+    with writing(target) as tmp:
+        tmp.write_bytes(data)
+
+
 def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Swaps the entries at ``a`` and ``b`` in one step (Linux renameat2 RENAME_EXCHANGE), so that no crash
     leaves neither in place; -> False where the system or filesystem cannot (then nothing was changed)."""

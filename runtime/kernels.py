@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ import torch
 
 from arvc.quant.format_table import KV_CODES, dtype_codes
 from arvc.quant.kv import kv_parts
+
+from . import atomic
 
 DTYPE_CODES = dtype_codes()  # torch dtype -> arvc_dtype
 
@@ -129,17 +130,18 @@ def build_dir(cuda: bool, root: Path | None = None) -> Path:
             cfg.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         _run(cfg, "configuring")
         _run(["cmake", "--build", str(tree), "-j", str(max(1, min(8, os.cpu_count() or 1)))], "building")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=key))
+        tmp = atomic.temp_dir(published, ".publishing")  # removed on any exit, or as stale by the next build
         for name in {LIB_NAME[False], LIB_NAME[cuda]}:
             built = next(tree.rglob(name), None)
             if built is None:
-                shutil.rmtree(tmp)
+                atomic.discard(tmp)
                 raise KernelBuildError(f"the build in {tree} produced no {name}" +
                                        (" (CMake did not find a CUDA compiler)" if cuda else ""))
             shutil.copy2(built, tmp / name)
         if published.exists():  # a stale half-published directory from a crashed process
             shutil.rmtree(published)
         os.rename(tmp, published)
+        atomic.committed(tmp)
     return tree
 
 

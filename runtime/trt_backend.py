@@ -29,13 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from arvc.quant.kv import kv_parts
 
+from . import atomic
 from .manifest import Manifest
 from .trt_graphs import derive_trt_graphs
 
@@ -164,25 +164,6 @@ def engine_cache_key(onnx_sha256: str, gpu_name: str, capability: tuple[int, int
     fields = {"onnx_sha256": onnx_sha256, "gpu": gpu_name, "capability": list(capability),
               "tensorrt": trt_version, "plugins_sha256": plugin_sha256}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _sha256_file(path: Path) -> str:
@@ -314,7 +295,7 @@ class TensorRTBackend:
             else:
                 self.log(f"building the TensorRT {what} engine ({graph}, {gpu}); cached as {path}")
                 data = _build_engine(trt, self._logger, plan_dir / graph, weights_dir or plan_dir)
-                write_atomic(path, data)
+                atomic.write_bytes(path, data)
             return _Engine(trt, self._runtime, data, what)
 
         self.stream = torch.cuda.Stream()

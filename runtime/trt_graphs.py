@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import atomic
 from .manifest import Manifest
 
 DERIVATION_VERSION = 1  # bump when the derived form changes
@@ -51,16 +50,18 @@ def derive_trt_graphs(plan_dir: Path, manifest: Manifest, cache_root: Path, log=
         return graphs
     log(f"deriving the TensorRT text and dit graphs of {plan_dir} into {folder}")
     cache_root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".derive-", dir=cache_root))
+    scratch = atomic.temp_dir(folder, ".deriving")  # removed on any exit, or as stale by the next derivation
     try:
         _build(plan_dir, manifest, scratch)
         try:
             os.rename(scratch, folder)
+            atomic.committed(scratch)
         except OSError:  # another process derived it first: its copy is the same
             if not (graphs.text.is_file() and graphs.dit.is_file()):
                 raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch.exists():
+            atomic.discard(scratch)
     return graphs
 
 

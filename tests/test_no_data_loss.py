@@ -193,6 +193,22 @@ def test_force_without_an_atomic_exchange_still_replaces_and_leaves_nothing(plan
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.plan"]
 
 
+def test_a_file_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """atomic.write_bytes (engines, recipes; safetensors through atomic.writing): the old content or the new."""
+    path = tmp_path / "engines" / "k.engine"
+    atomic.write_bytes(path, b"first")
+    atomic.write_bytes(path, b"second engine")
+    assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
+
+    def fail(*_a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", fail)
+    with pytest.raises(atomic.WriteError, match=r"k.engine: cannot write: No space left on device \(errno 28\); free"):
+        atomic.write_bytes(path, b"partial")
+    assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
+
+
 def test_exchange_swaps_two_entries_in_one_step(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

@@ -26,6 +26,19 @@ def test_recipe_round_trips_and_resolves_layer_formats():
         recipe_for("fp16", keep={"blocks.0.*": "x"})
 
 
+def test_the_sweeps_recipe_file_reads_back_and_never_replaces_another(tmp_path):
+    from arvc.compiler.gate_advice import write_recipe
+
+    r = recipe_for("int8", kv_cache="fp8", keep={"blocks.0.*": "first block"}, layer_formats={"blocks.*.ffn.2": "nvfp4"})
+    out = tmp_path / "m.plan"
+    opts = CompileOptions(precision="int8", geometry=GEOM, schedule=SCHED, height=128, width=128)
+    first, second = write_recipe(r, opts, out), write_recipe(r, opts, out)
+    assert (first.name, second.name) == ("m.recipe.json", "m.recipe-2.json")
+    assert read_recipe_file(first) == read_recipe_file(second)
+    assert read_recipe_file(first)["layers"] == {"blocks.*.ffn.2": "nvfp4"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.recipe-2.json", "m.recipe.json"]
+
+
 @pytest.mark.parametrize("text,error", [
     ("{not json", "not valid JSON"),
     ('{"precision": "int8"}', "not an arvc recipe"),

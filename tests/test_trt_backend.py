@@ -81,21 +81,6 @@ def test_engine_cache_key_changes_with_every_component(monkeypatch, tmp_path):
     assert tb.engine_cache_dir().parts[-3:] == (".cache", "arvc", "engines")
 
 
-def test_engine_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "engines" / "k.engine"
-    tb.write_atomic(path, b"first")
-    tb.write_atomic(path, b"second engine")
-    assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
-
-    def fail(*_a):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(tb.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        tb.write_atomic(path, b"partial")
-    assert path.read_bytes() == b"second engine" and sorted(p.name for p in path.parent.iterdir()) == ["k.engine"]
-
-
 def test_host_feeds_from_t():
     """dit_trt.onnx has no FP64 (TensorRT has none): the host computes what dit.onnx computes from timestep in f64
     (bit-equality with dit.onnx's ops: tests/test_trt_plugin_graph.py). Hand-checked values here."""

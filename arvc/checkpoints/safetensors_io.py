@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from arvc.runtime import atomic
 
 from . import strict_json
 
@@ -254,28 +255,6 @@ def write_safetensors_atomic(path: str | os.PathLike, tensors: Mapping[str, torc
     bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata must map str to str; offending keys: {bad}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic.writing(path) as tmp:  # a unique O_EXCL name, removed on any exit, then renamed over path
         save_file(_unshare(tensors), tmp, metadata=meta)
-        os.chmod(tmp, default_file_mode())  # mkstemp (and the writer) leave 0600
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
     return path
