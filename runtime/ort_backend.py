@@ -31,17 +31,42 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = False):
+# ORT graph rewrites that would undo a W8A8 linear's integer GEMM (arvc/graphs/lower_quant.py integer_linear):
+# MatMulAddFusion makes its MatMul + Add a Gemm, which ORT's Q/DQ fusion does not match; common subexpression
+# elimination merges the equal Q/DQ of q, k and v (one input, one calibrated scale) into one DequantizeLinear
+# with three consumers, which it does not fuse either. ';'-separated; runtime/src/ort_stages.cpp sets the same.
+ORT_DISABLED_OPTIMIZERS = "MatMulAddFusion;CommonSubexpressionElimination"
+
+
+def optimized_graph(path: Path, threads: int = 1, exact_qdq: bool = False):
+    """The graph at ``path`` as this backend runs it on this CPU: ONNX Runtime's optimized graph (fusions
+    applied, each fused node keeping the name of the node it replaced), as an onnx.ModelProto without weights."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="arvc-optimized-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        _session(path, threads, ["CPUExecutionProvider"], exact_qdq, optimized_model_path=out)
+        return onnx.load(str(out), load_external_data=False)
+
+
+def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = False,
+             optimized_model_path: Path | None = None):
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as errors
 
     so = ort.SessionOptions()
+    if optimized_model_path is not None:  # its weights beside it, not inline (a protobuf holds at most 2 GiB)
+        so.optimized_model_filepath = str(optimized_model_path)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     # DiT and VAE sessions run at the same time; spinning threads would steal each other's cores.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("optimization.disable_specified_optimizers", ORT_DISABLED_OPTIMIZERS)
     so.log_severity_level = 3
     if exact_qdq:  # ORT otherwise fuses int8 Q/DQ into its integer kernels, whose rounding differs slightly
         so.add_session_config_entry("session.disable_quant_qdq", "1")

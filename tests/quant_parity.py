@@ -234,8 +234,12 @@ def instrument_plan(plan_dir: Path, dst: Path) -> dict[str, str]:
             continue
         if len(users) != 1 or users[0].op_type != "DequantizeLinear" or len(gemms) != 1:
             raise AssertionError(f"QuantizeLinear {n.output[0]} does not feed one GEMM through one DequantizeLinear")
-        out = f"{n.output[0]}_codes"
-        g.node.append(helper.make_node("Cast", [n.output[0]], [out], to=TensorProto.FLOAT))
+        # a twin QuantizeLinear feeds the exposed copy: a second consumer of the plan's own one would keep ORT
+        # from fusing it into an integer GEMM (so the instrumented plan would round otherwise)
+        out, twin = f"{n.output[0]}_codes", f"{n.output[0]}_twin"
+        g.node.append(helper.make_node("QuantizeLinear", list(n.input), [twin], **{a.name: helper.get_attribute_value(a)
+                                                                                   for a in n.attribute}))
+        g.node.append(helper.make_node("Cast", [twin], [out], to=TensorProto.FLOAT))
         g.output.append(helper.make_empty_tensor_value_info(out))
         names[out] = weight_of(gemms[0].input[1])
     path.unlink()
@@ -509,6 +513,8 @@ def assert_quantized_parity(plan_dir: Path, work: Path, ref, vae, blocks: int, *
                              f"in the recipe {sorted(expected)}")
     # the instrumented graph has outputs no manifest makes, which every reader refuses (runtime/plan_graphs.py):
     # this harness alone opens it, with that one check off
+    # this harness alone opens it, with that one check off (ORT's sessions keep each twin QuantizeLinear apart
+    # from the plan's own: runtime/ort_backend.py ORT_DISABLED_OPTIMIZERS)
     with mock.patch("arvc.runtime.plan_graphs.check_graphs"):
         session = PlanSession(Path(work) / "instrumented.plan", verify=False, exact_qdq=exact_qdq)
     trace = trace_plan(session, outputs, blocks, seed)

@@ -12,6 +12,13 @@
   ``DequantizeLinear(w, DequantizeLinear(weight_scale, weight_scale_2), axis=1, block_size=16)``.
 - activations (``quantize_activation``): QuantizeLinear -> DequantizeLinear on the GEMM input, static
   (calibrated constant, or a per-timestep table indexed by the call's timestep) or dynamic (per token).
+- W8A8 (int8 weights and int8 activations, ``integer_linear``): ``MatMul(DQ(Q(x)), Transpose(DQ(W)))``, then
+  the bias ``Add`` (docs/integer-gemm.md). The Transpose after the weight's DequantizeLinear is the
+  column-major weight form NVIDIA's exporter writes for TensorRT; ONNX Runtime folds it into the int8
+  initializer and fuses the pattern into MatMulIntegerToFloat, an integer GEMM, as long as MatMulAddFusion
+  (disabled in the sessions arvc opens) has not turned MatMul + Add into a Gemm first. A per-row
+  (dynamic) scale is applied around the integer GEMM: ``Q(x / s, 1)`` then ``MatMul(...) * s``, since ORT's
+  MatMulIntegerToFloat takes one activation scale; the codes are those of ``Q(x, s)``.
 """
 from __future__ import annotations
 
@@ -57,18 +64,41 @@ def _zero_point(g, fmt: str, shape: list[int]) -> str:
     return name
 
 
+def runs_integer_gemm(q, weight_format: str | None) -> bool:
+    """Whether a layer with activation quantization ``q`` lowers to ``integer_linear``."""
+    return q.format == "int8" and weight_format == "int8"
+
+
+def integer_linear(g, x: str, prefix: str, q) -> str:
+    """x [rows, K] fp32 -> [rows, out]: the W8A8 linear ``prefix`` as an integer GEMM (module docstring)."""
+    w = g.op("Transpose", [g.weight(f"{prefix}.weight")], perm=[1, 0])  # DQ(W) [out, in] -> [in, out]
+    if q.mode == "dynamic":
+        scale = _row_scale(g, x, q.format, keepdims=1)  # [rows, 1]
+        one, zero = g.const(1.0), _zero_point(g, q.format, [])
+        codes = g.op("QuantizeLinear", [g.op("Div", [x, scale]), one, zero])
+        y = g.op("Mul", [g.op("MatMul", [g.op("DequantizeLinear", [codes, one, zero]), w], name=prefix), scale])
+    else:
+        x = quantize_activation(g, x, q, g.act_rows, g.act_timesteps, g.timestep)
+        y = g.op("MatMul", [x, w], name=prefix)
+    return g.op("Add", [y, g.weight(f"{prefix}.bias")])
+
+
+def _row_scale(g, x: str, fmt: str, keepdims: int) -> str:
+    """quant/activations.dynamic_scale in the graph: amax of each row / qmax (1 for an all-zero row)."""
+    from arvc.quant.activations import QMAX
+
+    amax = g.op("ReduceMax", [g.op("Abs", [x]), g.const([1], np.int64)], keepdims=keepdims)
+    return g.op("Where", [g.op("Greater", [amax, g.const(0.0)]), g.op("Div", [amax, g.const(QMAX[fmt])]), g.const(1.0)])
+
+
 def quantize_activation(g, x: str, q, rows: int, timesteps: tuple[float, ...], timestep: str | None) -> str:
     """x [rows, K] fp32 -> QuantizeLinear -> DequantizeLinear (the GEMM input pattern TensorRT's strongly
     typed builder fuses with the weight's DequantizeLinear into one low-precision GEMM).
 
     static: a constant scale, or (per timestep) the scale of the calibrated timestep nearest to the
     call's, picked in the graph; dynamic: one scale per row from the row's amax."""
-    from arvc.quant.activations import QMAX
-
     if q.mode == "dynamic":
-        amax = g.op("ReduceMax", [g.op("Abs", [x]), g.const([1], np.int64)], keepdims=0)  # [rows]
-        scale = g.op("Where", [g.op("Greater", [amax, g.const(0.0)]), g.op("Div", [amax, g.const(QMAX[q.format])]),
-                               g.const(1.0)])
+        scale = _row_scale(g, x, q.format, keepdims=0)  # [rows]
         zp, axis = _zero_point(g, q.format, [rows]), {"axis": 0}
     elif q.scale.dim() == 0:
         scale, zp, axis = g.const(float(q.scale)), _zero_point(g, q.format, []), {}

@@ -130,12 +130,17 @@ class GraphBuilder:
 
     # -- composite ops shared by the lowerings ---------------------------------------------------
     def linear(self, x: str, prefix: str) -> str:
-        # x: [M, in] -> [M, out]; weight kept [out, in] as stored (transB), no transposed copy
-        if prefix in self.act_quant:
-            from .lower_quant import quantize_activation
+        # x: [M, in] -> [M, out]; weight kept [out, in] as stored (transB), no transposed copy. The GEMM node is
+        # named after the layer, so that ONNX Runtime's optimized graph tells which kernel each layer runs.
+        q = self.act_quant.get(prefix)
+        if q is not None:
+            from .lower_quant import integer_linear, quantize_activation, runs_integer_gemm
 
-            x = quantize_activation(self, x, self.act_quant[prefix], self.act_rows, self.act_timesteps, self.timestep)
-        return self.op("Gemm", [x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")], transB=1)
+            if runs_integer_gemm(q, self.weights.formats.get(prefix)):
+                return integer_linear(self, x, prefix, q)
+            x = quantize_activation(self, x, q, self.act_rows, self.act_timesteps, self.timestep)
+        return self.op("Gemm", [x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")], transB=1,
+                       name=prefix)
 
     def silu(self, x: str) -> str:
         return self.op("Mul", [x, self.op("Sigmoid", [x])])

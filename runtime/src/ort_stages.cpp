@@ -129,6 +129,8 @@ OrtStages::OrtStages(const Plan &plan, int threads) {
   options_.SetInterOpNumThreads(1);
   // DiT and VAE sessions run at the same time; spinning threads would steal each other's cores
   options_.AddConfigEntry("session.intra_op.allow_spinning", "0");
+  // rewrites that would keep ORT from running W8A8 linears as integer GEMMs (runtime/ort_backend.py says which)
+  options_.AddConfigEntry("optimization.disable_specified_optimizers", "MatMulAddFusion;CommonSubexpressionElimination");
   options_.SetLogSeverityLevel(3);
   auto open = [&](const std::string &path) { return std::make_unique<Ort::Session>(*g_env, path.c_str(), options_); };
   text_ = open(plan.text_graph);
