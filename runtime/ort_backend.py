@@ -98,6 +98,7 @@ class OrtBackend:
     def __init__(self, plan_dir: Path, manifest: Manifest, threads: int | None = None, exact_qdq: bool = False):
         self.providers = ["CPUExecutionProvider"]
         self.threads = threads or physical_cores()
+        self.exact_qdq = exact_qdq
         stages = manifest.stages
         self.manifest = manifest
         cfg = manifest.model.dit
@@ -147,6 +148,12 @@ class OrtBackend:
 
     # -- memory --------------------------------------------------------------------------------------
     @property
+    def execution(self) -> dict:
+        """stage -> how its precisions run here (runtime/execution.py)."""
+        from .execution import ort_cpu_execution
+
+        return ort_cpu_execution(self.manifest, self.exact_qdq)
+
     def kv_cache_bytes(self) -> int:
         return sum(a.nbytes for a in self.kv_arrays)
 

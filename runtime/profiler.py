@@ -221,5 +221,6 @@ def profile_plan(plan_dir, seconds: float = 5.0, prompt=None, seed: int = 0, war
     report = {"plan": str(plan_dir), "backend": session.backend.name, "precision": session.manifest.precision,
               "resolution": f"{session.width}x{session.height}", "fps_video": session.fps, "seconds": seconds,
               "seed": seed, "load_s": round(load_s, 3), "warmup": warmup, **summarize(rec),
-              "memory": memory_report(session)}
+              "memory": memory_report(session),
+              "execution": {stage: str(e) for stage, e in session.backend.execution().items()}}
     return report, rec

@@ -105,6 +105,13 @@ class TorchBackend:
 
     # -- memory --------------------------------------------------------------------------------------
     @property
+    def execution(self) -> dict:
+        """stage -> how its precisions run here (runtime/execution.py)."""
+        from .execution import torch_execution
+
+        dtype = next(name for name, d in DTYPES.items() if d == self.dtype)
+        return torch_execution(self.manifest, self.dit, dtype, self._device_name())
+
     def kv_cache_bytes(self) -> int:
         return self.cache.nbytes
 

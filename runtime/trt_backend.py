@@ -360,6 +360,14 @@ class TensorRTBackend:
 
     # -- memory --------------------------------------------------------------------------------------
     @property
+    def execution(self) -> dict:
+        """stage -> how its precisions run here (runtime/execution.py)."""
+        import torch
+
+        from .execution import tensorrt_execution
+
+        return tensorrt_execution(self.manifest, torch.cuda.get_device_capability())
+
     def kv_cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.kv_arrays)
 

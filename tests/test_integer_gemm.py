@@ -69,3 +69,20 @@ def test_the_placement_check_names_what_breaks_it(w8a8_plan):
     assert any("zero point is not an int8 0" in p for p in placement_problems(model, [layer]))
     gemm.input[0] = producer[act_dq.input[0]].input[0]  # the Q's input: the GEMM reads fp32
     assert placement_problems(model, [layer]) == [f"{layer}: its activation input does not come from a DequantizeLinear"]
+
+
+def test_the_reported_execution_is_what_onnx_runtime_runs(w8a8_plan):
+    """runtime/execution.py's claim for the ORT CPU backend (printed by inspect, run and profile) against ORT's
+    own optimized graph: W8A8 layers native, and emulated once exact_qdq turns ORT's Q/DQ fusion off."""
+    from arvc.runtime.execution import EMULATED, NATIVE, ort_cpu_execution
+
+    manifest = read_manifest(w8a8_plan)
+    layers = _w8a8_layers(manifest)
+    graph = w8a8_plan / manifest.stages.dit.graph
+    for exact, verdict in ((False, NATIVE), (True, EMULATED)):
+        dit = ort_cpu_execution(manifest, exact_qdq=exact)["dit"]
+        integer = [n.name for n in optimized_graph(graph, exact_qdq=exact).graph.node if n.op_type in INTEGER_GEMMS]
+        assert dit.verdict == verdict and sorted(integer) == (sorted(layers) if verdict == NATIVE else [])
+        assert (f"{len(layers)} linears as int8 x int8 integer GEMMs" in dit.detail) == (verdict == NATIVE)
+    # the cross-attention K/V (text stage, once per prompt) keep int8 weights but fp32 inputs: weight-only
+    assert ort_cpu_execution(manifest)["text"].verdict == EMULATED

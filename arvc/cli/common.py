@@ -223,3 +223,12 @@ def print_result(result: dict, as_json: bool, table) -> int:
     else:
         table(result)
     return 0
+
+
+def print_execution(console, execution: dict[str, str], backend: str) -> None:
+    """runtime/execution.py's verdicts, one line a stage; an emulated precision stands out."""
+    console.print(f"precision on {backend}:")
+    for stage, how in execution.items():
+        verdict, _, detail = how.partition(": ")
+        colour = "green" if verdict == "native" else "yellow" if verdict == "partly native" else "bold red"
+        console.print(f"  {stage}: [{colour}]{verdict}[/] ({detail})")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from .common import print_execution
 from .contract import rich_console
 
 
@@ -38,6 +39,7 @@ def command(args) -> int:
 
 
 def _plan_summary(plan_dir, verify: bool) -> dict:
+    from arvc.runtime.execution import ort_cpu_execution
     from arvc.runtime.manifest import json_of
     from arvc.runtime.plan import read_manifest
 
@@ -60,6 +62,7 @@ def _plan_summary(plan_dir, verify: bool) -> dict:
         "kv_bytes_vs_fp16": mem.kv_bytes_vs_fp16, "quantized_weights": len(recipe.quantized_weights),
         "activations": _activation_summary(recipe), "verification": m.verification, "versions": m.versions,
         "files": len(m.files), "files_verified": verify,
+        "execution_ort_cpu": {stage: str(e) for stage, e in ort_cpu_execution(m).items()},
     }
 
 
@@ -113,6 +116,8 @@ def _inspect_plan(args) -> int:
         console.print(f"plan files: {info['files']} verified (size and SHA-256 as the manifest records)")
     else:
         console.print(f"[bold red]plan files: NOT verified[/] (--no-verify): {info['files']} files unchecked")
+    print_execution(console, info["execution_ort_cpu"], "ort (CPU, the default backend; `arvc profile --backend` "
+                                                        "tells another)")
     _print_parity(console, info["verification"])
     return 0
 

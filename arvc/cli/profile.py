@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import SECONDS, SEED, print_result, read_prompt_embeds
+from .common import SECONDS, SEED, print_execution, print_result, read_prompt_embeds
 from .contract import UsageError, rich_console
 
 
@@ -56,6 +56,7 @@ def _print_report(report: dict) -> None:
                   f"{report['frames']} frames in {report['wall_s']:.2f} s = {report['frames_per_second']} fps "
                   f"(steady {report['steady_frames_per_second']} fps), first frame after {ttff:.3f} s, "
                   f"DiT/VAE overlap {100 * report['overlap']:.0f} %")
+    print_execution(console, report["execution"], report["backend"])
     t = Table(title="per-stage latency (ms)")
     for col in ("stage", "calls", "mean", "p50", "p99", "max"):
         t.add_column(col, justify="left" if col == "stage" else "right")

@@ -10,8 +10,8 @@ from pathlib import Path
 from arvc.quant.format_table import COMPUTE_FORMATS
 
 from .common import (FPS, THREADS, add_frame_args, add_geometry_args, add_stream_args, check_stream_args,
-                     plan_backend, read_prompt_embeds, write_video)
-from .contract import UsageError, recompile_hint, rerun_command
+                     plan_backend, print_execution, read_prompt_embeds, write_video)
+from .contract import UsageError, recompile_hint, rerun_command, rich_console
 
 # flags that a plan fixes at compile time (resolution, schedule, geometry, numerics): recognised only to name the
 # compile command that changes them
@@ -95,9 +95,12 @@ def command(args) -> int:
                "frames": written, "fps_video": fps, "seconds_wall": round(st.wall_s, 3),
                "frames_per_second": round(written / st.wall_s, 3),
                "time_to_first_frame_s": round(st.first_frame_s or 0.0, 3), "blocks": st.blocks,
-               "dit_s": round(st.dit_s, 3), "vae_s": round(st.vae_s, 3), "overlap": round(st.overlap, 3)}
+               "dit_s": round(st.dit_s, 3), "vae_s": round(st.vae_s, 3), "overlap": round(st.overlap, 3),
+               "execution": {stage: str(e) for stage, e in session.backend.execution().items()}}
     print(json.dumps(summary) if args.json else
           f"wrote {summary['output']}: {written} frames in {st.wall_s:.1f} s "
           f"({summary['frames_per_second']:.2f} fps, first frame after {summary['time_to_first_frame_s']:.2f} s, "
           f"VAE/DiT overlap {100 * st.overlap:.0f} %)")
+    if not args.json and not args.quiet:
+        print_execution(rich_console(), summary["execution"], summary["backend"])
     return 0
