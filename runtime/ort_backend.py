@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -54,7 +55,6 @@ def optimized_graph(path: Path, threads: int = 1, exact_qdq: bool = False):
 def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = False,
              optimized_model_path: Path | None = None):
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as errors
 
     so = ort.SessionOptions()
     if optimized_model_path is not None:  # its weights beside it, not inline (a protobuf holds at most 2 GiB)
@@ -70,19 +70,30 @@ def _session(path: Path, threads: int, providers: list[str], exact_qdq: bool = F
     so.log_severity_level = 3
     if exact_qdq:  # ORT otherwise fuses int8 Q/DQ into its integer kernels, whose rounding differs slightly
         so.add_session_config_entry("session.disable_quant_qdq", "1")
-    try:
+    with _ort_failures(path, "cannot load"):
         return ort.InferenceSession(str(path), so, providers=providers)
-    # what ORT raises for a graph it cannot load: its own classes, none of them a RuntimeError
-    # (and UnicodeDecodeError: the binding's own, when ORT's message quotes the graph's non-UTF-8 bytes)
+
+
+@contextlib.contextmanager
+def _ort_failures(path: Path, what: str):
+    """ONNX Runtime failing to load or run a graph of the plan -> PlanIntegrityError (exit 4 in both runtimes,
+    runtime/src/stream.cpp): the plan's files passed their checksums and the graph its checks against the
+    manifest, so the graph itself is not one arvc compile writes (or, at run time, memory ran out)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as errors
+
+    try:
+        yield
+    # ORT's own classes at load; RuntimeError ("Error in execution: ...") from a run; UnicodeDecodeError: the
+    # binding's own, when ORT's message quotes the graph's non-UTF-8 bytes. Only ORT runs inside this block.
     except (errors.Fail, errors.InvalidArgument, errors.InvalidGraph, errors.InvalidProtobuf, errors.NoSuchFile,
-            errors.NotImplemented, errors.RuntimeException, UnicodeDecodeError) as e:
+            errors.NotImplemented, errors.RuntimeException, RuntimeError, UnicodeDecodeError) as e:
         reason = " ".join(str(e).split())
         if len(reason) > _REASON_CHARS:
             reason = reason[:_REASON_CHARS] + "..."
-        # exit 4 in both runtimes (runtime/src/stream.cpp): the files passed their hashes, so the plan itself is bad
-        raise PlanIntegrityError(f"{path}: integrity check failed: ONNX Runtime cannot load this graph of the plan "
-                                 f"({type(e).__name__}: {reason}); the plan is damaged, was not written by arvc compile, "
-                                 "or needs a newer ONNX Runtime: recompile it with this arvc") from None
+        memory = "; or this machine ran out of memory" if "allocate" in reason.lower() else ""
+        raise PlanIntegrityError(f"{path}: integrity check failed: ONNX Runtime {what} this graph of the plan "
+                                 f"({type(e).__name__}: {reason}); the plan is damaged, was not written by arvc "
+                                 f"compile, or needs a newer ONNX Runtime: recompile it with this arvc{memory}") from None
 
 
 def _zeros_value(shape, dtype=np.float32):
@@ -110,6 +121,9 @@ class OrtBackend:
         self.vae = _session(plan_dir / stages.vae.graphs.steady, self.threads, self.providers)
         te = stages.text_encoder
         self.text_encoder = _session(plan_dir / te.graph, self.threads, self.providers) if te else None
+        self.graphs = {"text": plan_dir / stages.text.graph, "dit": plan_dir / stages.dit.graph,
+                       "vae_first": plan_dir / stages.vae.graphs.first, "vae": plan_dir / stages.vae.graphs.steady,
+                       "text_encoder": plan_dir / te.graph if te else None}
 
         # KV cache, bound in place once
         self.kv_arrays, self.kv_values = [], []
@@ -168,14 +182,16 @@ class OrtBackend:
     def encode_text(self, ids: np.ndarray, length: int) -> np.ndarray:
         if self.text_encoder is None:
             raise ValueError("this plan has no text encoder stage; pass prompt embeddings instead of text")
-        return self.text_encoder.run(["context"], {"ids": ids[None].astype(np.int64),
-                                                   "length": np.array([length], np.int64)})[0]
+        with _ort_failures(self.graphs["text_encoder"], "failed running"):
+            return self.text_encoder.run(["context"], {"ids": ids[None].astype(np.int64),
+                                                       "length": np.array([length], np.int64)})[0]
 
     def cross_kv(self, context: np.ndarray) -> list:
         """context [1, L, text_dim] -> OrtValues of every layer's cross K/V (bound later with bind_cross)."""
         import onnxruntime as ort
 
-        outs = self.text.run(None, {"context": np.ascontiguousarray(context, np.float32)})
+        with _ort_failures(self.graphs["text"], "failed running"):
+            outs = self.text.run(None, {"context": np.ascontiguousarray(context, np.float32)})
         names = [o.name for o in self.text.get_outputs()]
         return [(n, ort.OrtValue.ortvalue_from_numpy(a)) for n, a in zip(names, outs)]
 
@@ -188,7 +204,8 @@ class OrtBackend:
         b = self._dit_binding
         for name, arr in feeds.items():
             b.bind_cpu_input(name, arr)
-        self.dit.run_with_iobinding(b)
+        with _ort_failures(self.graphs["dit"], "failed running"):
+            self.dit.run_with_iobinding(b)
         return self._x0_array.copy()
 
     def reset_vae(self) -> None:
@@ -201,6 +218,7 @@ class OrtBackend:
         """One latent frame [1, z, 1, h, w] -> pixels [1, 3, 1 or 4, H, W] (a view, valid until the next call)."""
         b = self._vae_bindings[(first, self._vae_parity)]
         b.bind_cpu_input("latent", np.ascontiguousarray(latent, np.float32))
-        (self.vae_first if first else self.vae).run_with_iobinding(b)
+        with _ort_failures(self.graphs["vae_first" if first else "vae"], "failed running"):
+            (self.vae_first if first else self.vae).run_with_iobinding(b)
         self._vae_parity = 1 - self._vae_parity
         return self._pixels[first][0]

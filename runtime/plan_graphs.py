@@ -30,7 +30,9 @@ def check_graphs(manifest: Manifest, read: Callable[[str], bytes]) -> None:
         graph = _load(name, read(name))
         for tensor in _tensors(graph.graph):
             for entry in tensor.external_data:
-                if entry.key == "location" and not (is_plain_name(entry.value) and entry.value in manifest.files):
+                # a location that is not UTF-8 reads as bytes: no plan file has such a name
+                if entry.key == "location" and not (isinstance(entry.value, str) and is_plain_name(entry.value)
+                                                    and entry.value in manifest.files):
                     raise GraphMismatch(name, f"its weight {tensor.name} is read from {entry.value!r}, which is not "
                                               "a file the plan lists; a plan's graphs read only the plan's own files, "
                                               "recompile it")

@@ -30,7 +30,7 @@ from arvc.model.stream_inputs import (check_frames, check_seconds, check_seed, c
                                       prompt_words)
 
 from .backends import open_backend
-from .plan import read_manifest
+from .plan import PlanError, read_manifest
 
 _ROPE_CACHE = 16  # position lists whose cos/sin tables are kept (absolute positions keep changing)
 
@@ -300,6 +300,8 @@ class PlanSession:
             while emitted < total_frames:
                 item = latents_q.get()
                 if isinstance(item, _Failed):
+                    if isinstance(item.error, PlanError):  # the plan's own fault: its message and exit code
+                        raise item.error
                     raise RuntimeError(f"the DiT worker failed: {item.error}") from item.error
                 if item is _DONE:
                     raise RuntimeError(f"the DiT worker stopped after {emitted} of {total_frames} frames")

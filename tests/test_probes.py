@@ -199,3 +199,41 @@ def test_probes_as_real_processes(tiny_plan, corpus, tmp_path):
         assert "Traceback" not in r.stdout + r.stderr and len(r.stderr.encode()) < SHORT, r.stderr[-SHORT:]
         assert message in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_graph_that_passes_every_check_but_fails_to_run_gets_a_message(tiny_plan, tmp_path, capsys):
+    """An attacker's dit.onnx (rehashed, manifest resealed) whose inputs and outputs match the manifest, but whose
+    Expand asks ONNX Runtime for terabytes when it runs (a fuzz finding): `arvc run` refuses with exit 4 naming
+    the graph, nothing written; before, the worker's RuntimeError was a traceback (exit 1)."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from arvc.runtime.plan import seal_manifest
+    from plan_corpus import copy_plan
+
+    plan = tmp_path / "p.plan"
+    copy_plan(tiny_plan[0], plan)
+    graph = onnx.load(str(plan / "dit.onnx"), load_external_data=False)
+    inits = {t.name: t for t in graph.graph.initializer}
+    shape = inits[next(n for n in graph.graph.node if n.op_type == "Expand").input[1]]
+    huge = numpy_helper.to_array(shape).copy()
+    huge[-2] = 2**31  # a broadcast dimension (1 in the input): ONNX Runtime loads it, and fails allocating at run
+    shape.CopyFrom(numpy_helper.from_array(huge, shape.name))
+    (plan / "dit.onnx").unlink()  # a hard link to the tiny plan's: replaced, never written through
+    (plan / "dit.onnx").write_bytes(graph.SerializeToString())
+    manifest = json.loads((plan / "manifest.json").read_text())
+    data = (plan / "dit.onnx").read_bytes()
+    manifest["files"]["dit.onnx"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (plan / "manifest.json").unlink()
+    (plan / "manifest.json").write_text(seal_manifest(manifest))
+    out = tmp_path / "v.mp4"
+    rc = main(["run", str(plan), "--prompt", "a red circle", "--seconds", "0.5", "-o", str(out)])
+    _, err = capsys.readouterr()
+    assert rc == contract.EXIT_INTEGRITY, err[-SHORT:]
+    assert "Traceback" not in err and len(err.encode()) < SHORT
+    assert "dit.onnx: integrity check failed: ONNX Runtime failed running this graph of the plan" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["p.plan"]

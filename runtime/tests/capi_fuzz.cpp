@@ -1,5 +1,5 @@
 // Seeded C API call sequences on real plans (tools/fuzz_plans.py runs it on the sanitized build):
-//   capi_fuzz SEED SEQUENCES MAX_BLOCKS PLAN [PLAN...]
+//   capi_fuzz [--graphs-may-fail] SEED SEQUENCES MAX_BLOCKS PLAN [PLAN...]
 // Each sequence may first try arvc_open with arguments it must refuse; it opens a plan with random options, usually
 // starts a stream with a valid prompt (as a real caller would), then calls the API in a random order with
 // random and hostile arguments (short, empty and NULL buffers, wrong struct sizes, embeddings of any shape
@@ -8,6 +8,10 @@
 // AddressSanitizer report. The API must answer with statuses only; this program checks what a status
 // promises (a message on failure, the block's frames on success) and prints one JSON line per sequence,
 // flushed, so that the sequence a crash ended is the one after the last line.
+// --graphs-may-fail: the plans' graphs were mutated past every static check (tools/fuzz_plans.py's onnx family),
+// so ONNX Runtime may fail running one (a constant asking for terabytes): ARVC_ERR_RUNTIME or
+// ARVC_ERR_OUT_OF_MEMORY from a call is then the runtime's answer, not a violation (Python raises
+// PlanIntegrityError there), and is counted on stdout as "RUNTIME-FAILURES n".
 // Exit 0: the contract held; 1: a violation (printed as "VIOLATION: ..."); 2: usage.
 #include <arvc.h>
 
@@ -37,6 +41,8 @@ struct Rng {  // splitmix64: the same sequence for a seed on every machine
 };
 
 int violations = 0;
+bool graphs_may_fail = false;
+int runtime_failures = 0;
 
 void violation(const std::string &what) {
   std::fprintf(stderr, "VIOLATION: %s (last error: '%s')\n", what.c_str(), arvc_last_error());
@@ -50,6 +56,10 @@ void check_status(arvc_status s, const char *call) {
   if (!known) return violation(std::string(call) + " returned unknown status " + std::to_string(s));
   if ((s == ARVC_OK) != (arvc_last_error()[0] == '\0'))
     violation(std::string(call) + ": status " + arvc_status_string(s) + " with message '" + arvc_last_error() + "'");
+  if (graphs_may_fail && (s == ARVC_ERR_RUNTIME || s == ARVC_ERR_OUT_OF_MEMORY)) {
+    ++runtime_failures;
+    return;
+  }
   if (s == ARVC_ERR_RUNTIME || s == ARVC_ERR_OUT_OF_MEMORY || s == ARVC_ERR_PLAN || s == ARVC_ERR_INTEGRITY)
     violation(std::string(call) + ": " + arvc_status_string(s) + " on a valid plan");
 }
@@ -290,13 +300,19 @@ class Sequence {
 }  // namespace
 
 int main(int argc, char **argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--graphs-may-fail") == 0) {
+    graphs_may_fail = true;
+    --argc;
+    ++argv;
+  }
   if (argc < 5) {
-    std::fprintf(stderr, "usage: %s SEED SEQUENCES MAX_BLOCKS PLAN [PLAN...]\n", argv[0]);
+    std::fprintf(stderr, "usage: capi_fuzz [--graphs-may-fail] SEED SEQUENCES MAX_BLOCKS PLAN [PLAN...]\n");
     return 2;
   }
   Rng rng{std::strtoull(argv[1], nullptr, 10)};
   const int sequences = std::atoi(argv[2]), max_blocks = std::atoi(argv[3]);
   for (int p = 4; p < argc; ++p)
     for (int i = 0; i < sequences; ++i) Sequence(rng, argv[p], max_blocks).run();
+  if (graphs_may_fail) std::printf("RUNTIME-FAILURES %d\n", runtime_failures);
   return violations ? 1 : 0;
 }
