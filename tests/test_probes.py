@@ -208,7 +208,6 @@ def test_a_graph_that_passes_every_check_but_fails_to_run_gets_a_message(tiny_pl
     import hashlib
     import json
 
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 
