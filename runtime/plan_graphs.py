@@ -129,7 +129,8 @@ def _compare(name: str, stage: str, kind: str, got: Signature, want: Signature) 
     from onnx import TensorProto
 
     def shown(spec) -> str:
-        return f"{TensorProto.DataType.Name(spec[0]).lower()} {list(spec[1])}"
+        known = spec[0] in TensorProto.DataType.values()  # a mutated graph may name any number
+        return f"{TensorProto.DataType.Name(spec[0]).lower() if known else f'type {spec[0]}'} {list(spec[1])}"
 
     problem = None
     missing = [n for n in want if n not in got]
