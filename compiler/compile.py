@@ -27,7 +27,7 @@ from arvc.quant.format_table import FORMATS, QUANTIZED_FORMATS
 from arvc.quant.recipe import Recipe, default_min_psnr, recipe_for
 from arvc.runtime.manifest import (FileEntry, Manifest, Memory, Model, PlanRecipe, Resolution, Source, Stage, Stages,
                                    Target, TextEncoderSpec, VaeGraphs)
-from arvc.runtime import atomic
+from arvc import atomic
 from arvc.runtime.plan import MANIFEST, free_plan_path, seal_manifest, sha256_file
 
 
@@ -235,7 +235,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, r
     import onnxruntime
 
     from arvc.checkpoints.safetensors_io import non_finite_tensors, write_safetensors_atomic
-
+    from arvc.checkpoints.text import save_text_encoder
     from arvc.graphs.lower_dit import DitShapes, build_dit_graph, build_text_graph
     from .lower_traced import build_text_encoder_graph, build_vae_graphs
     from arvc.graphs.onnx_graph import OPSET, ExternalWeights, save_checked
@@ -264,7 +264,7 @@ def _build(tmp: Path, dit, vae, encoder, recipe: Recipe, opts: CompileOptions, r
     write_safetensors_atomic(tmp / "dit.safetensors", stored)
     write_safetensors_atomic(tmp / "vae.safetensors", vae.state_dict())
     if encoder is not None:
-        write_safetensors_atomic(tmp / "text_encoder.safetensors", encoder.state_dict())
+        save_text_encoder(tmp / "text_encoder.safetensors", encoder)  # with its config: the torch backend loads it
     t0 = step("write weights", t0)
 
     layers = [n.rsplit(".weight", 1)[0] for n in quantized]

@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from arvc.runtime import atomic
+from arvc import atomic
 from arvc.quant.format_table import QUANTIZED_FORMATS
 from arvc.quant.recipe import RECIPE_VERSION
 

@@ -1,6 +1,6 @@
-// Temporaries that name their owner, as runtime/atomic.py names them, so that a temporary left by a killed
+// Temporaries that name their owner, as arvc/atomic.py names them, so that a temporary left by a killed
 // arvc_stream (SIGKILL, a power cut) is removed by the next run that writes beside it, and only when its owner
-// is provably gone. The name and the rule are runtime/atomic.py's (its docstring is the spec):
+// is provably gone. The name and the rule are arvc/atomic.py's (its docstring is the spec):
 //
 //     .<target name>.arvc-<host>-<boot>-<pid>-<start>-<random><kind>
 //

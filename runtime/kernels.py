@@ -22,7 +22,7 @@ import torch
 from arvc.quant.format_table import KV_CODES, dtype_codes
 from arvc.quant.kv import kv_parts
 
-from . import atomic
+from arvc import atomic
 
 DTYPE_CODES = dtype_codes()  # torch dtype -> arvc_dtype
 

@@ -19,6 +19,7 @@ from arvc.quant.kv import kv_parts
 
 from .manifest import Manifest
 from .plan import PlanIntegrityError
+from .plan_graphs import GraphMismatch, check_loaded
 
 _REASON_CHARS = 400  # of ORT's message, which can run over many lines and name every node
 
@@ -125,6 +126,13 @@ class OrtBackend:
                        "vae_first": plan_dir / stages.vae.graphs.first, "vae": plan_dir / stages.vae.graphs.steady,
                        "text_encoder": plan_dir / te.graph if te else None}
 
+        sessions = {stages.text.graph: self.text, stages.dit.graph: self.dit, stages.vae.graphs.first: self.vae_first,
+                    stages.vae.graphs.steady: self.vae, **({te.graph: self.text_encoder} if te else {})}
+        try:
+            check_loaded(manifest, sessions)
+        except GraphMismatch as e:
+            raise PlanIntegrityError(f"{plan_dir / e.file}: {e}") from None
+
         # KV cache, bound in place once
         self.kv_arrays, self.kv_values = [], []
         self._dit_binding = self.dit.io_binding()
@@ -160,14 +168,14 @@ class OrtBackend:
                 self._vae_bindings[(first, parity)] = b
         self.latent_shape = next(i.shape for i in self.vae.get_inputs() if i.name == "latent")
 
-    # -- memory --------------------------------------------------------------------------------------
-    @property
     def execution(self) -> dict:
         """stage -> how its precisions run here (runtime/execution.py)."""
         from .execution import ort_cpu_execution
 
         return ort_cpu_execution(self.manifest, self.exact_qdq)
 
+    # -- memory --------------------------------------------------------------------------------------
+    @property
     def kv_cache_bytes(self) -> int:
         return sum(a.nbytes for a in self.kv_arrays)
 

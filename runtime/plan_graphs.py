@@ -125,6 +125,24 @@ def _signature(values) -> Signature:
     return {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in values}
 
 
+def check_loaded(manifest: Manifest, sessions: dict) -> None:
+    """What ONNX Runtime made of each graph (its inferred shapes win over the declared ones: a constant edited
+    inside the graph shows here) must be what the manifest makes, before a buffer is sized by it, as the C
+    runtime checks (runtime/src/ort_stages.cpp). sessions: graph file name -> onnxruntime.InferenceSession."""
+    from onnx import TensorProto
+
+    types = {f"tensor({name.lower()})": value for name, value in TensorProto.DataType.items()}
+
+    def signature(values) -> Signature:
+        return {v.name: (types.get(v.type, -1), tuple(d if isinstance(d, int) else "?" for d in v.shape))
+                for v in values}
+
+    for stage, name, inputs, outputs in expected_graphs(manifest):
+        session = sessions[name]
+        _compare(name, stage, "input", signature(session.get_inputs()), inputs)
+        _compare(name, stage, "output", signature(session.get_outputs()), outputs)
+
+
 def _compare(name: str, stage: str, kind: str, got: Signature, want: Signature) -> None:
     from onnx import TensorProto
 

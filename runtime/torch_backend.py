@@ -103,8 +103,6 @@ class TorchBackend:
     def _stream(self, s):
         return torch.cuda.stream(s) if s is not None else _Null()
 
-    # -- memory --------------------------------------------------------------------------------------
-    @property
     def execution(self) -> dict:
         """stage -> how its precisions run here (runtime/execution.py)."""
         from .execution import torch_execution
@@ -112,6 +110,8 @@ class TorchBackend:
         dtype = next(name for name, d in DTYPES.items() if d == self.dtype)
         return torch_execution(self.manifest, self.dit, dtype, self._device_name())
 
+    # -- memory --------------------------------------------------------------------------------------
+    @property
     def kv_cache_bytes(self) -> int:
         return self.cache.nbytes
 

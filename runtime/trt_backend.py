@@ -35,7 +35,7 @@ import numpy as np
 
 from arvc.quant.kv import kv_parts
 
-from . import atomic
+from arvc import atomic
 from .manifest import Manifest
 from .trt_graphs import derive_trt_graphs
 
@@ -358,8 +358,6 @@ class TensorRTBackend:
         self.latent_shape = list(self.vae.io["latent"][0])
         torch.cuda.synchronize()
 
-    # -- memory --------------------------------------------------------------------------------------
-    @property
     def execution(self) -> dict:
         """stage -> how its precisions run here (runtime/execution.py)."""
         import torch
@@ -368,6 +366,8 @@ class TensorRTBackend:
 
         return tensorrt_execution(self.manifest, torch.cuda.get_device_capability())
 
+    # -- memory --------------------------------------------------------------------------------------
+    @property
     def kv_cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.kv_arrays)
 

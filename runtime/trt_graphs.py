@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
+from arvc import atomic
 from .manifest import Manifest
 
 DERIVATION_VERSION = 1  # bump when the derived form changes

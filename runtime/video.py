@@ -1,5 +1,5 @@
 """MP4 (H.264) output through PyAV, written atomically: frames go to a temporary file beside the target
-(runtime/atomic.py: a unique name, removed on any exit), which replaces the target only when the stream
+(arvc/atomic.py: a unique name, removed on any exit), which replaces the target only when the stream
 closes cleanly and is on disk. A write error (full disk, file size limit, I/O error) is a WriteError naming the
 output; the target is then untouched."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
+from arvc import atomic
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Bottom to top; a module may import its own layer and those below. Not listed: the app layer (the package root
 # `arvc`, arvc.cli*, arvc.__main__), which may import anything.
-LAYERS = ("arvc.version", "arvc.model", "arvc.quant", "arvc.checkpoints", "arvc.graphs", "arvc.runtime",
-          "arvc.reference", "arvc.compiler", "arvc.tiny")
+LAYERS = ("arvc.version", "arvc.atomic", "arvc.model", "arvc.quant", "arvc.checkpoints", "arvc.graphs",
+          "arvc.runtime", "arvc.reference", "arvc.compiler", "arvc.tiny")
 APP = len(LAYERS)
 CORE_END = LAYERS.index("arvc.tiny")  # layers below the demo model: none of them may import it
 

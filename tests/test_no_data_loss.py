@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from arvc import atomic
 from arvc.checkpoints.safetensors_io import CheckpointError, read_safetensors, write_safetensors_atomic
 from arvc.cli import main
 from arvc.compiler import evaluate, verify
@@ -32,7 +33,6 @@ from arvc.compiler.compile import (CompileError, CompileOptions, OutputExists, O
                                    ParityGateRefused, compile_plan)
 from arvc.model.cache_geometry import CacheGeometry
 from arvc.model.schedule import Schedule
-from arvc.runtime import atomic
 from arvc.runtime.plan import read_manifest, seal_manifest
 from arvc.tiny.judge import TinyJudge
 
@@ -436,7 +436,7 @@ def test_weights_beyond_fp16_range_are_refused_not_stored_as_infinity(model, tmp
 
 
 # -- issue 19: nothing left behind (temporaries), nothing lost (write errors) ----------------------------------
-# Temporaries have unique O_EXCL names beside their target (runtime/atomic.py), are removed on any exit, signals
+# Temporaries have unique O_EXCL names beside their target (arvc/atomic.py), are removed on any exit, signals
 # included, and a later run removes those a killed process left once their owner is provably gone. A write error
 # fails the command with a message naming the output; the output is then untouched.
 
@@ -545,7 +545,7 @@ def test_write_errors_name_the_output_and_the_fix():
 _HOLDS_TEMPORARIES = """
 import sys, time
 from pathlib import Path
-from arvc.runtime import atomic
+from arvc import atomic
 out = Path(sys.argv[1])
 atomic.temp_dir(out / "p.plan", ".compiling")
 fd, _ = atomic.temp_file(out / "v.mp4", ".mp4.part")
@@ -691,7 +691,7 @@ def test_stream_stopped_by_a_signal_leaves_nothing(c_build, tiny_plan, tmp_path,
 
 def test_stream_parts_name_their_owner_as_python_does_and_stale_ones_are_cleaned(c_build, tiny_plan, tmp_path):
     """arvc_stream removes a part a killed run left (its owner provably gone), keeps the rest, and names its own
-    part as runtime/atomic.py does: Python cleans the part a SIGKILLed arvc_stream leaves, and the reverse."""
+    part as arvc/atomic.py does: Python cleans the part a SIGKILLed arvc_stream leaves, and the reverse."""
     here = atomic.Owner.current()
     dead = replace(here, pid=_dead_pid())
     planted = {"dead": tmp_path / atomic.temp_name(tmp_path / "old.y4m", ".part", dead),

@@ -131,3 +131,14 @@ def test_errors_name_the_problem_and_the_fix(plans, monkeypatch):
         load(plan, backend="torch", device="cpu", cuda_graph=True)
     with pytest.raises(RuntimeError, match="fp8 GEMMs need a CUDA GPU"):
         TorchBackend(plan, load(plan, backend="ort").manifest, device="meta", fp8_gemm=True)
+
+
+def test_a_plan_with_a_text_encoder_streams_from_text_on_the_torch_backend(tiny_plan):
+    """The compiled tiny plan's text encoder loads in the torch backend (its weights file carries the encoder's
+    config; before, compile wrote it bare and the torch backend refused every plan with a text encoder), and
+    encodes a prompt as the plan's ONNX graph does."""
+    ort_session, torch_session = load(tiny_plan[0]), load(tiny_plan[0], backend="torch", device="cpu")
+    prompt = "a red circle moving right"
+    assert np.allclose(torch_session.context_for(prompt), ort_session.context_for(prompt), atol=1e-5)
+    res = tiny_plan[1].resolution
+    assert next(iter(torch_session.stream(prompt, frames=1, seed=0))).shape == (res.height, res.width, 3)

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from arvc.runtime import atomic
+from arvc import atomic
 
 from . import strict_json
 

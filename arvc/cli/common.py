@@ -92,7 +92,7 @@ def check_video_output(output: str) -> None:
     """Refuses an -o the video cannot be written to before any work, not after generating the whole video: a
     directory, another format, a place this process cannot create a file in (tried: a read-only filesystem or
     directory, whatever the process's rights)."""
-    from arvc.runtime import atomic
+    from arvc import atomic
 
     path = Path(output)
     if path.is_dir():

@@ -6,7 +6,7 @@ Exit codes (README "Exit codes"), one prefix per command (``arvc <command>: erro
     0  success
     1  anything unexpected (a bug: the traceback is printed)
     2  usage or input error, raised before any work starts (argparse's own errors too), or an output that
-       cannot be written (a full disk, a file size limit: runtime/atomic.py's WriteError)
+       cannot be written (a full disk, a file size limit: arvc/atomic.py's WriteError)
     3  parity refusal: compile's gate, or a selftest check, found the plan too far from the reference
     4  integrity refusal: a tampered, truncated or unreadable plan
   130  interrupted (Ctrl-C), as a shell reports SIGINT
@@ -127,7 +127,7 @@ def exit_code(e: BaseException) -> int:
         return EXIT_PARITY
     if plan_mod and isinstance(e, plan_mod.PlanIntegrityError):
         return EXIT_INTEGRITY
-    atomic_mod = sys.modules.get("arvc.runtime.atomic")
+    atomic_mod = sys.modules.get("arvc.atomic")
     if atomic_mod and isinstance(e, atomic_mod.WriteError):
         return EXIT_USAGE
     if isinstance(e, _INPUT_ERRORS) or (compile_mod and isinstance(e, compile_mod.CompileError)):
