@@ -512,10 +512,9 @@ def assert_quantized_parity(plan_dir: Path, work: Path, ref, vae, blocks: int, *
         raise AssertionError(f"quantized GEMM inputs in the plan {sorted(set(outputs.values()))}, "
                              f"in the recipe {sorted(expected)}")
     # the instrumented graph has outputs no manifest makes, which every reader refuses (runtime/plan_graphs.py):
-    # this harness alone opens it, with that one check off
-    # this harness alone opens it, with that one check off (ORT's sessions keep each twin QuantizeLinear apart
-    # from the plan's own: runtime/ort_backend.py ORT_DISABLED_OPTIMIZERS)
-    with mock.patch("arvc.runtime.plan_graphs.check_graphs"):
+    # this harness alone opens it, with that check off, on the files and on ORT's view of them (ORT's sessions
+    # keep each twin QuantizeLinear apart from the plan's own: runtime/ort_backend.py ORT_DISABLED_OPTIMIZERS)
+    with mock.patch("arvc.runtime.plan_graphs.check_graphs"), mock.patch("arvc.runtime.ort_backend.check_loaded"):
         session = PlanSession(Path(work) / "instrumented.plan", verify=False, exact_qdq=exact_qdq)
     trace = trace_plan(session, outputs, blocks, seed)
     # 3. exposing the codes changes nothing the plan computes
