@@ -444,8 +444,16 @@ ARVC = [sys.executable, "-m", "arvc"]
 PROMPT = "a red circle moving right on a dark blue background"
 
 
+def _default_signals() -> None:
+    # A suite started in the background (`make test &`, nohup) passes SIGINT / SIGHUP on ignored, and a process
+    # leaves an ignored signal ignored (as arvc does): the processes these tests stop get the defaults back.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start(cmd: list, **kw) -> subprocess.Popen:
-    return subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals, **kw)
 
 
 def _wait_for(proc: subprocess.Popen, directory: Path, pattern: str) -> Path:
@@ -611,6 +619,8 @@ def test_a_killed_compile_is_cleaned_by_the_next_and_signals_leave_nothing(tmp_p
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(compile_mod, "_build", interrupted)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # a suite started in the background (see _start)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         others = _other_owners(killed_dir / "b.plan", sleeper)
