@@ -119,6 +119,38 @@ def dit_block_flops(session: PlanSession) -> int:
                                                            nk)["total"]
 
 
+def op_profile(plan_dir: Path, manifest, threads: int, calls: int = 5) -> dict[str, float]:
+    """Share of the dit graph's time per ONNX Runtime op type (its profiler, the plan's session options; inputs
+    zero, every cache row valid: the kernels' time does not depend on the values)."""
+    import json
+
+    import onnxruntime as ort
+
+    from arvc.runtime.ort_backend import ORT_DISABLED_OPTIMIZERS
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("optimization.disable_specified_optimizers", ORT_DISABLED_OPTIMIZERS)
+    so.enable_profiling = True
+    so.profile_file_prefix = str(plan_dir / "ort-profile")
+    s = ort.InferenceSession(str(plan_dir / manifest.stages.dit.graph), so, providers=["CPUExecutionProvider"])
+    numpy_of = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+                "tensor(float16)": np.float16}
+    feeds = {i.name: (np.ones if i.type == "tensor(bool)" else np.zeros)(i.shape, numpy_of[i.type])
+             for i in s.get_inputs()}
+    feeds["timestep"] = np.array([500.0])
+    for _ in range(calls):
+        s.run(None, feeds)
+    events = json.loads(Path(s.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+    total = sum(per_op.values())
+    return {op: round(us / total, 3) for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])}
+
+
 def bench_plan(name: str, label: str, ckpt: Path, work: Path, args, peaks: dict) -> dict:
     plan_dir = work / f"{name}-{label.replace(' ', '-')}.plan"
     opts = CompileOptions(GEOMETRY, SCHEDULE, 128, 128, 16, min_psnr=0.0, verify_blocks=4, calib_blocks=3,
@@ -137,7 +169,8 @@ def bench_plan(name: str, label: str, ckpt: Path, work: Path, args, peaks: dict)
     flops = dit_block_flops(session)
     return {"config": name, "plan": label, "dit_block_s": round(block_s, 4), "dit_block_flops": flops,
             "fraction_of_peak": round(flops / block_s / peak, 3), "stream_fps": round(frames / st.wall_s, 2),
-            "frames": frames, "frame_psnr_db": manifest.verification.get("frame_psnr_db")}
+            "frames": frames, "frame_psnr_db": manifest.verification.get("frame_psnr_db"),
+            "dit_time_by_op": op_profile(plan_dir, manifest, args.threads)}
 
 
 def markdown(rows: list[dict], peaks: dict, args) -> str:
@@ -154,6 +187,11 @@ def markdown(rows: list[dict], peaks: dict, args) -> str:
         lines.append(f"| {r['config']} | {r['plan']} | {r['dit_block_s']:.3f} | {b['dit_block_s'] / r['dit_block_s']:.2f}x "
                      f"| {r['dit_block_flops'] / 1e9:.1f} | {r['fraction_of_peak']:.0%} | {r['stream_fps']:.2f} "
                      f"| {r['stream_fps'] / b['stream_fps']:.2f}x | {r['frame_psnr_db']:.1f} |")
+    lines += ["", "Share of the dit graph's time per ONNX Runtime op type (its profiler; the 6 largest):", "",
+              "| config | plan | ops |", "|---|---|---|"]
+    for r in rows:
+        top = ", ".join(f"{op} {share:.0%}" for op, share in list(r["dit_time_by_op"].items())[:6])
+        lines.append(f"| {r['config']} | {r['plan']} | {top} |")
     return "\n".join(lines) + "\n"
 
 
