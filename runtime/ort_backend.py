@@ -116,18 +116,16 @@ class OrtBackend:
         cfg = manifest.model.dit
         self.num_layers, self.dim = cfg.num_layers, cfg.dim
         self.cache_rows = manifest.cache_rows
-        self.text = _session(plan_dir / stages.text.graph, self.threads, self.providers)
-        self.dit = _session(plan_dir / stages.dit.graph, self.threads, self.providers, exact_qdq)
-        self.vae_first = _session(plan_dir / stages.vae.graphs.first, self.threads, self.providers)
-        self.vae = _session(plan_dir / stages.vae.graphs.steady, self.threads, self.providers)
         te = stages.text_encoder
-        self.text_encoder = _session(plan_dir / te.graph, self.threads, self.providers) if te else None
+        # stage -> its graph file: opened once, named in run-time refusals
         self.graphs = {"text": plan_dir / stages.text.graph, "dit": plan_dir / stages.dit.graph,
                        "vae_first": plan_dir / stages.vae.graphs.first, "vae": plan_dir / stages.vae.graphs.steady,
-                       "text_encoder": plan_dir / te.graph if te else None}
-
-        sessions = {stages.text.graph: self.text, stages.dit.graph: self.dit, stages.vae.graphs.first: self.vae_first,
-                    stages.vae.graphs.steady: self.vae, **({te.graph: self.text_encoder} if te else {})}
+                       **({"text_encoder": plan_dir / te.graph} if te else {})}
+        opened = {stage: _session(path, self.threads, self.providers, exact_qdq and stage == "dit")
+                  for stage, path in self.graphs.items()}
+        self.text, self.dit, self.vae_first, self.vae = (opened[k] for k in ("text", "dit", "vae_first", "vae"))
+        self.text_encoder = opened.get("text_encoder")
+        sessions = {self.graphs[stage].name: session for stage, session in opened.items()}
         try:
             check_loaded(manifest, sessions)
         except GraphMismatch as e:

@@ -201,26 +201,8 @@ class Sequence {
               "arvc_switch_prompt_embeddings");
         break;
       }
-      case 8: {  // the size field says anything; the struct is exactly that big (at least the field)
-        const uint32_t size = static_cast<uint32_t>(rng_.pick(std::vector<int64_t>{0, 4, sizeof(arvc_info) - 1,
-                                                                                 sizeof(arvc_info), sizeof(arvc_info) + 64}));
-        Bytes b(std::max<size_t>(size, sizeof(uint32_t)));
-        std::memcpy(b.data(), &size, sizeof size);
-        const arvc_status st = arvc_get_info(s_, reinterpret_cast<arvc_info *>(b.data()));
-        count(st, "arvc_get_info");
-        if ((st == ARVC_OK) != (size >= sizeof(arvc_info))) violation("arvc_get_info with size " + std::to_string(size));
-        break;
-      }
-      case 9: {
-        const uint32_t size = static_cast<uint32_t>(rng_.pick(std::vector<int64_t>{0, 4, sizeof(arvc_stats) - 1,
-                                                                                 sizeof(arvc_stats), sizeof(arvc_stats) + 64}));
-        Bytes b(std::max<size_t>(size, sizeof(uint32_t)));
-        std::memcpy(b.data(), &size, sizeof size);
-        const arvc_status st = arvc_get_stats(s_, reinterpret_cast<arvc_stats *>(b.data()));
-        count(st, "arvc_get_stats");
-        if ((st == ARVC_OK) != (size >= sizeof(arvc_stats))) violation("arvc_get_stats with size " + std::to_string(size));
-        break;
-      }
+      case 8: sized_struct<arvc_info>(arvc_get_info, "arvc_get_info"); break;
+      case 9: sized_struct<arvc_stats>(arvc_get_stats, "arvc_get_stats"); break;
       default: {  // wrong-order and NULL-argument calls that must be refused
         count(arvc_next_block(s_, nullptr, info_.max_block_bytes, nullptr), "arvc_next_block(NULL)");
         count(arvc_next_block_cb(s_, nullptr, nullptr, nullptr), "arvc_next_block_cb(NULL)");
@@ -292,6 +274,19 @@ class Sequence {
   size_t frame_bytes_ = 0;
   const std::vector<std::string> vocab_ = {"a", "red", "circle", "moving", "right", "on", "dark", "blue", "background",
                                           "green", "square"};  // the tiny model's words
+  // The struct's size field says anything; the struct is exactly that big (at least the field): only a size
+  // that holds the whole struct may succeed.
+  template <class T>
+  void sized_struct(arvc_status (*get)(const arvc_session *, T *), const char *call) {
+    const uint32_t size = static_cast<uint32_t>(rng_.pick(std::vector<int64_t>{0, 4, sizeof(T) - 1, sizeof(T),
+                                                                             sizeof(T) + 64}));
+    Bytes b(std::max<size_t>(size, sizeof(uint32_t)));
+    std::memcpy(b.data(), &size, sizeof size);
+    const arvc_status st = get(s_, reinterpret_cast<T *>(b.data()));
+    count(st, call);
+    if ((st == ARVC_OK) != (size >= sizeof(T))) violation(std::string(call) + " with size " + std::to_string(size));
+  }
+
   int calls_ = 0, oks_ = 0, blocks_ = 0;
   int64_t frames_ = 0;
   bool first_next_ = false;  // the next block is block 0 of a stream
